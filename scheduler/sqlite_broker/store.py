@@ -48,6 +48,8 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_by_queue ON messages (queue, priority, id);
 CREATE INDEX IF NOT EXISTS messages_by_owner ON messages (owner) WHERE owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires_at)
+    WHERE expires_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS fanout (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     exchange TEXT NOT NULL,
@@ -90,7 +92,13 @@ RETRY_SLEEP_MAX = 0.02
 # lease keeper, which marks consumed queues as used every few seconds, always keeps them alive.
 MIN_QUEUE_EXPIRES = 60.0
 
+# Free pages below this count (4 MiB at the default page size) stay in the file for reuse.
+VACUUM_MIN_PAGES = 1024
+
 T = TypeVar("T")
+
+# Every statement below is read to the end with fetchall(): a statement left unfinished keeps its
+# implicit transaction open, which pins an old snapshot and blocks WAL checkpoints.
 
 
 class StoreError(Exception):
@@ -262,12 +270,12 @@ class Store:
         def setup(conn: sqlite3.Connection) -> None:
             # auto_vacuum only takes effect before the first table exists.
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
             if mode.lower() != "wal":
                 raise StoreError(f"sqlite broker {self.path}: cannot enable WAL mode (got {mode})")
 
         def create(conn: sqlite3.Connection) -> None:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchall()[0][0]
             if version > SCHEMA_VERSION:
                 raise StoreError(
                     f"sqlite broker {self.path} has schema version {version}, newer than "
@@ -288,7 +296,7 @@ class Store:
             lambda conn: conn.execute(
                 "SELECT count(*) FROM messages WHERE owner IS NOT NULL AND visible_at <= ?",
                 (now,),
-            ).fetchone()[0]
+            ).fetchall()[0][0]
         )
 
     # Messages
@@ -319,9 +327,9 @@ class Store:
                 "AND (expires_at IS NULL OR expires_at > ?) ORDER BY priority, id LIMIT 1) "
                 "RETURNING id, payload, deliveries, previous_owner",
                 (lease_until, owner, queue, now, now),
-            ).fetchone()
+            ).fetchall()
         )
-        return Claim(*row) if row else None
+        return Claim(*row[0]) if row else None
 
     def take(self, queue: str, now: float) -> str | None:
         """Remove and return the first ready message of ``queue`` (for consumers without acks)."""
@@ -331,9 +339,9 @@ class Store:
                 "AND visible_at <= ? AND (expires_at IS NULL OR expires_at > ?) "
                 "ORDER BY priority, id LIMIT 1) RETURNING payload",
                 (queue, now, now),
-            ).fetchone()
+            ).fetchall()
         )
-        return row[0] if row else None
+        return row[0][0] if row else None
 
     def ack(self, row_id: int, owner: str) -> bool:
         """Delete a claimed message; return False when ``owner`` no longer holds its lease."""
@@ -368,7 +376,7 @@ class Store:
         return self.run(
             lambda conn: conn.execute(
                 "SELECT count(*) FROM messages WHERE queue = ? AND visible_at <= ?", (queue, now)
-            ).fetchone()[0]
+            ).fetchall()[0][0]
         )
 
     def purge(self, queue: str, now: float) -> int:
@@ -396,17 +404,18 @@ class Store:
         return self.run(
             lambda conn: conn.execute(
                 "SELECT coalesce(max(id), 0) FROM fanout WHERE exchange = ?", (exchange,)
-            ).fetchone()[0]
+            ).fetchall()[0][0]
         )
 
     def read_fanout(self, exchange: str, after_id: int) -> tuple[int, str] | None:
         """Return the first fanout message of ``exchange`` newer than ``after_id``."""
-        return self.run(
+        rows = self.run(
             lambda conn: conn.execute(
                 "SELECT id, payload FROM fanout WHERE exchange = ? AND id > ? ORDER BY id LIMIT 1",
                 (exchange, after_id),
-            ).fetchone()
+            ).fetchall()
         )
+        return rows[0] if rows else None
 
     # Routing state
 
@@ -423,19 +432,21 @@ class Store:
         row = self.run(
             lambda conn: conn.execute(
                 "SELECT type FROM exchanges WHERE name = ?", (name,)
-            ).fetchone()
+            ).fetchall()
         )
-        return row[0] if row else None
+        return row[0][0] if row else None
 
     def declare_queue(
         self, name: str, expires: float | None, message_ttl: float | None, now: float
     ) -> None:
-        """Record queue ``name``, its x-expires and x-message-ttl in seconds, as used now."""
+        """Record queue ``name``, its x-expires and x-message-ttl in seconds, as used now.
+
+        The arguments of the first declaration stay; later declarations only mark the queue used.
+        """
         self.run(
             lambda conn: conn.execute(
                 "INSERT INTO queues (name, expires, message_ttl, last_used) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET expires = excluded.expires, "
-                "message_ttl = excluded.message_ttl, last_used = excluded.last_used",
+                "ON CONFLICT (name) DO UPDATE SET last_used = excluded.last_used",
                 (name, expires, message_ttl, now),
             )
         )
@@ -443,8 +454,8 @@ class Store:
     def has_queue(self, name: str) -> bool:
         """Return whether any process declared queue ``name`` and it has not expired."""
         return self.run(
-            lambda conn: (
-                conn.execute("SELECT 1 FROM queues WHERE name = ?", (name,)).fetchone() is not None
+            lambda conn: bool(
+                conn.execute("SELECT 1 FROM queues WHERE name = ?", (name,)).fetchall()
             )
         )
 
@@ -513,7 +524,9 @@ class Store:
         expired_messages = self.run(
             lambda conn: (
                 conn.execute(
-                    "DELETE FROM messages WHERE expires_at <= ? AND visible_at <= ?", (now, now)
+                    "DELETE FROM messages WHERE expires_at IS NOT NULL AND expires_at <= ? "
+                    "AND visible_at <= ?",
+                    (now, now),
                 ).rowcount
             )
         )
@@ -534,20 +547,37 @@ class Store:
         for (name,) in idle_queues:
             self.delete_queue(name)
 
-        free_pages = self.run(lambda conn: conn.execute("PRAGMA freelist_count").fetchone()[0])
-        if free_pages:
-            self.run(lambda conn: conn.execute("PRAGMA incremental_vacuum").fetchall())
-        self.checkpoint()
+        # A busy broker reuses its free pages at once, and moving pages to shrink the file costs
+        # writes, so the file shrinks when the queues are empty or a quarter of it is free.
+        idle = not self.run(lambda conn: conn.execute("SELECT 1 FROM messages LIMIT 1").fetchall())
+        free_pages, page_count = self.run(
+            lambda conn: (
+                conn.execute("PRAGMA freelist_count").fetchall()[0][0],
+                conn.execute("PRAGMA page_count").fetchall()[0][0],
+            )
+        )
+        vacuum = free_pages > 0 and (idle or free_pages >= max(VACUUM_MIN_PAGES, page_count / 4))
+        if vacuum:
+            # Each step of incremental_vacuum frees one page, and execute() would step only once.
+            self.run(lambda conn: conn.executescript("PRAGMA incremental_vacuum;"))
+        # Truncating the WAL makes the next writes grow it again, so only an idle broker shrinks it.
+        self.checkpoint(truncate=idle)
         return MaintenanceReport(
             expired_messages=expired_messages,
             expired_fanout=expired_fanout,
             expired_queues=[name for (name,) in idle_queues],
-            freed_pages=free_pages,
+            freed_pages=free_pages if vacuum else 0,
         )
 
-    def checkpoint(self) -> bool:
-        """Copy the WAL into the database and truncate it; return False if readers blocked it."""
+    def checkpoint(self, truncate: bool = False) -> bool:
+        """Copy the WAL into the database; return False if readers kept it from completing.
+
+        :param truncate: also cut the WAL file to zero bytes, waiting up to the busy timeout of
+            SQLite's handler for readers. Otherwise the WAL is reused from its start and never
+            exceeds the 8 MiB ``journal_size_limit`` for long.
+        """
+        mode = "TRUNCATE" if truncate else "PASSIVE"
         busy, _, _ = self.run(
-            lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            lambda conn: conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()[0]
         )
         return busy == 0

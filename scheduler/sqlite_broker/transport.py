@@ -31,6 +31,7 @@ from queue import Empty
 from typing import Any
 
 from kombu.transport import virtual
+from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.utils.json import dumps, loads
 
 from .keeper import LeaseKeeper
@@ -38,8 +39,6 @@ from .settings import BrokerSettings
 from .store import Store, StoreError
 
 logger = logging.getLogger(__name__)
-
-UNROUTABLE_LOG_EVERY = 100
 
 # Paths whose start-up was already logged at INFO level by this process. Celery opens several
 # connections per worker, and one line per file is enough for an operator.
@@ -90,7 +89,7 @@ class Channel(virtual.Channel):
         self._fanout_cursors: dict[str, int] = {}
         self._no_ack_queues: set[str] = set()
         self._exchange_type_cache: dict[str, str] = {}
-        self._unroutable = 0
+        self._unroutable_exchanges: set[str] = set()
 
     # Publishing
 
@@ -123,16 +122,17 @@ class Channel(virtual.Channel):
     def _lookup(self, exchange: str, routing_key: str, default: str | None = None) -> list[str]:
         queues = super()._lookup(exchange, routing_key, default)
         if not queues:
-            # AMQP brokers drop unroutable messages too; the log makes the loss visible.
-            self._unroutable += 1
-            if self._unroutable % UNROUTABLE_LOG_EVERY == 1:
-                logger.warning(
-                    "sqlite broker: no queue is bound to exchange %r with routing key %r; "
-                    "message dropped (%d so far on this channel)",
-                    exchange,
-                    routing_key,
-                    self._unroutable,
-                )
+            # AMQP brokers drop unroutable messages too, and Celery's events are unroutable
+            # whenever no monitor listens, so only the first drop per exchange is logged at INFO.
+            first = exchange not in self._unroutable_exchanges
+            self._unroutable_exchanges.add(exchange)
+            logger.log(
+                logging.INFO if first else logging.DEBUG,
+                "sqlite broker: no queue is bound to exchange %r with routing key %r; "
+                "message dropped",
+                exchange,
+                routing_key,
+            )
         return queues
 
     # Consuming
@@ -224,6 +224,10 @@ class Channel(virtual.Channel):
         self.release_claim(message.delivery_tag)
 
     # Queues, exchanges and bindings
+
+    def prepare_queue_arguments(self, arguments: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        # Turns Queue(expires=..., message_ttl=...) into x-expires and x-message-ttl.
+        return to_rabbitmq_queue_arguments(arguments, **kwargs)
 
     def _new_queue(self, queue: str, **kwargs: Any) -> None:
         arguments = kwargs.get("arguments") or {}
@@ -338,6 +342,9 @@ class Transport(virtual.Transport):
     # kombu and Celery retry and reconnect instead of failing the task.
     connection_errors = virtual.Transport.connection_errors + (sqlite3.OperationalError,)
     channel_errors = virtual.Transport.channel_errors + (StoreError,)
+    recoverable_connection_errors = (sqlite3.OperationalError,)
+    # A StoreError is a configuration error, which no retry can fix.
+    recoverable_channel_errors = ()
 
     def __init__(self, client: Any, **kwargs: Any):
         super().__init__(client, **kwargs)
