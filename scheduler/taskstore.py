@@ -251,8 +251,9 @@ class TaskStore:
         """Mark scheduled tasks whose ``run_at`` has passed as dispatched and return them."""
         rows = self._write(
             "UPDATE tasks SET dispatched = 1 WHERE id IN (SELECT id FROM tasks"
-            " WHERE dispatched = 0 AND run_at <= ? ORDER BY run_at LIMIT ?) RETURNING *",
-            (now, limit),
+            " WHERE dispatched = 0 AND state = ? AND run_at <= ? ORDER BY run_at LIMIT ?)"
+            " RETURNING *",
+            (QUEUED, now, limit),
         )
         return [_record(row) for row in rows]
 
