@@ -10,7 +10,7 @@ Reliability settings on RabbitMQ:
 - ``worker_prefetch_multiplier = 1``: a worker reserves one message per pool slot, so a long
   video never holds back messages that another worker could take.
 - Publisher confirms (``confirm_publish``) and durable queues with persistent messages: a
-  202 answer means RabbitMQ has the message on disk.
+  202 response means RabbitMQ has stored the message.
 - ``task_acks_on_failure = False``: a task that fails for good is rejected without requeue,
   so RabbitMQ moves it to the dead-letter queue, where it can be inspected.
 - Soft and hard time limits on every task, below RabbitMQ's ``consumer_timeout``
@@ -50,7 +50,7 @@ def dead_letter_exchange(settings: Settings) -> Exchange:
 
 
 def build_queues(settings: Settings) -> list[Queue]:
-    """Return the durable work queues and the dead-letter queue.
+    """Return the durable work queues, which a worker consumes unless ``-Q`` names others.
 
     On the embedded broker the queue arguments are left out because the SQLAlchemy transport
     has no dead-lettering.
@@ -62,7 +62,7 @@ def build_queues(settings: Settings) -> list[Queue]:
             "x-dead-letter-exchange": dlx.name,
             "x-dead-letter-routing-key": settings.dead_letter_queue,
         }
-    queues = [
+    return [
         Queue(
             name,
             Exchange(name, type="direct", durable=True),
@@ -72,17 +72,24 @@ def build_queues(settings: Settings) -> list[Queue]:
         )
         for name in (settings.video_queue, settings.io_queue)
     ]
-    queues.append(
-        Queue(settings.dead_letter_queue, dlx, routing_key=settings.dead_letter_queue, durable=True)
+
+
+def dead_letter_queue(settings: Settings) -> Queue:
+    """Return the queue that keeps rejected messages for inspection.
+
+    It is not in ``task_queues``, so no worker consumes it and runs its tasks again.
+    """
+    dlx = dead_letter_exchange(settings)
+    return Queue(
+        settings.dead_letter_queue, dlx, routing_key=settings.dead_letter_queue, durable=True
     )
-    return queues
 
 
 def make_celery(settings: Settings, *, producer: bool = False) -> Celery:
     """Build the Celery app for ``settings``.
 
     :param producer: bound the socket reads and writes of the HTTP producer, so a POST whose
-        broker stops answering fails after ``publish_timeout`` seconds instead of hanging.
+        broker stops responding fails after ``publish_timeout`` seconds instead of hanging.
         Workers keep blocking sockets, which their event loop expects.
     """
     app = Celery("scheduler", set_as_current=False)
@@ -135,6 +142,7 @@ def make_celery(settings: Settings, *, producer: bool = False) -> Celery:
         # The embedded broker has no fanout exchanges, so remote control cannot work there.
         worker_enable_remote_control=not settings.embedded_broker,
         worker_hijack_root_logger=True,
+        beat_schedule_filename=str(settings.state_dir / "celerybeat-schedule"),
         beat_schedule={
             "dispatch-due-tasks": {
                 "task": DISPATCH_DUE,
@@ -170,5 +178,5 @@ def declare_topology(app: Celery, settings: Settings) -> None:
     with app.connection_for_write() as connection:
         connect_once(connection, settings.publish_timeout)
         channel = connection.default_channel
-        for queue in build_queues(settings):
+        for queue in [*build_queues(settings), dead_letter_queue(settings)]:
             queue.bind(channel).declare()

@@ -33,6 +33,8 @@ class Settings:
 
     host: str
     port: int
+    # Folder of the embedded broker, the result database, the task store and beat's schedule.
+    state_dir: Path
     broker_url: str
     result_backend: str
     # Folder for uploads (``uploads/``) and task outputs (``<task_id>/``).
@@ -51,7 +53,7 @@ class Settings:
     video_queue: str
     io_queue: str
     dead_letter_queue: str
-    # Seconds a POST may spend reaching the broker before it answers 503.
+    # Seconds a POST may spend reaching the broker before the POST returns 503.
     publish_timeout: float
     # Rate-limit policies in the ratelimiter syntax, e.g. "5/minute, burst 5".
     video_rate_limit: str
@@ -101,6 +103,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     settings = Settings(
         host=env_str("SCHEDULER_HOST", "127.0.0.1", environ),
+        state_dir=state_dir,
         port=env_int("SCHEDULER_PORT", 5000, minimum=0, maximum=65535, environ=environ),
         broker_url=env_str("CELERY_BROKER_URL", default_broker, environ),
         result_backend=env_str("CELERY_RESULT_BACKEND", default_backend, environ),
@@ -135,6 +138,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         smtp_timeout=env_float("SMTP_TIMEOUT", 10, minimum=0.1, environ=environ),
     )
     _check_time_limits(settings)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
     return settings
 
 

@@ -40,7 +40,7 @@ _SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
 def _upload_request_class(upload_dir: Path) -> type[Request]:
     """Return a request class that streams file parts straight into ``upload_dir``.
 
-    Werkzeug would spool large uploads to the system temporary folder; writing them next to
+    Werkzeug would spool large uploads to the system temporary folder. Writing them next to
     their final place lets the producer move them with a rename instead of a copy.
     """
     from flask import Request as FlaskRequest
@@ -88,7 +88,9 @@ def create_app(
     app.json.sort_keys = False
     app.extensions["scheduler"] = {"settings": settings, "store": store, "events": events}
 
-    limiter = Limiter(storage=settings.rate_limit_storage)
+    # Per-route policies only, keyed by client IP; the key prefix keeps these buckets apart
+    # from other services that share a Redis storage.
+    limiter = Limiter(storage=settings.rate_limit_storage, key_prefix="ratelimit:scheduler")
     limiter.init_app(app)
 
     if settings.embedded_broker:
@@ -107,7 +109,7 @@ def create_app(
     ) -> tuple[TaskRecord, bool]:
         if run_at is not None:
             # A scheduled task is published later by the dispatcher, but a broker that is
-            # down now still gets a 503, so the client never holds an id that cannot run.
+            # down now still gets a 503, so the client never gets an id that cannot run.
             problem = publisher.ping()
             if problem is not None:
                 raise BrokerUnavailable(f"the message broker is unreachable: {problem}")
@@ -293,7 +295,6 @@ def create_app(
         return send_from_directory(settings.media_root / task_id, name)
 
     @app.get("/healthz")
-    @limiter.exempt
     def healthz() -> Any:
         problem = publisher.ping()
         broker = "embedded" if settings.embedded_broker else "rabbitmq"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import av
@@ -84,3 +85,26 @@ def test_report_and_emails_e2e(rabbit_env, start_worker) -> None:
     assert task["result"]["by_kind"] == {"send-emails": 1}
     csv_text = client.get(f"/files/{task['id']}/report.csv").get_data(as_text=True)
     assert mail_task["id"] in csv_text
+
+
+def test_failed_task_dead_lettered(rabbit_env, start_worker, clip_path: Path) -> None:
+    from scheduler.deadletters import peek
+
+    settings, _, client = make_client(rabbit_env)
+    task_id = upload(client, clip_path).get_json()["task_id"]
+    # Damage the stored upload after it was accepted, so the worker's probe fails.
+    for path in settings.uploads_dir.iterdir():
+        path.write_bytes(b"not a video any more")
+    start_worker(rabbit_env)
+
+    task = wait_for_state(client, task_id, {"succeeded", "failed"})
+    assert task["state"] == "failed"
+    assert "not a readable video" in task["error"]
+    letters = []
+    for _ in range(50):
+        letters = peek(settings, 10)
+        if letters:
+            break
+        time.sleep(0.1)
+    assert [letter.task_id for letter in letters] == [task_id]
+    assert letters[0].reason == "rejected"

@@ -254,7 +254,7 @@ def test_scheduled_task_waits_for_run_at(api, rabbit_env, start_worker) -> None:
 
 
 class SilentServer:
-    """A TCP server on loopback that accepts connections and never answers."""
+    """A TCP server on loopback that accepts connections and never responds."""
 
     def __init__(self) -> None:
         self.sock = socket.socket()
@@ -319,3 +319,38 @@ def test_errors_are_json(api) -> None:
     assert response.status_code == 404
     assert "error" in response.get_json()
     assert client.put("/tasks").status_code == 405
+
+
+@pytest.mark.parametrize(
+    ("path", "variable"),
+    [
+        ("/process-video", "SCHEDULER_VIDEO_RATE_LIMIT"),
+        ("/send-emails", "SCHEDULER_POST_RATE_LIMIT"),
+    ],
+)
+def test_rate_limit_429(rabbit_env, path: str, variable: str) -> None:
+    _, _, client = make_client({**rabbit_env, variable: "2/minute, burst 2"})
+    statuses = [
+        client.post(path, data={}, content_type="multipart/form-data").status_code for _ in range(3)
+    ]
+    assert statuses[:2] == [400, 400]
+    response = client.post(path, data={}, content_type="multipart/form-data")
+    assert response.status_code == 429
+    assert int(response.headers["Retry-After"]) >= 1
+    assert "error" in response.get_json()
+
+
+def test_event_stream_reports_changes(api) -> None:
+    _, client = api
+    response = client.get("/tasks/stream", buffered=False)
+    assert response.mimetype == "text/event-stream"
+    chunks = response.response
+    assert next(chunks).startswith(b"retry:")
+    task_id = post_json(client, "/send-emails", EMAIL).get_json()["task_id"]
+    deadline = time.monotonic() + 10
+    seen = b""
+    while task_id.encode() not in seen and time.monotonic() < deadline:
+        seen += next(chunks)
+    response.close()
+    assert b"event: task" in seen
+    assert task_id.encode() in seen
