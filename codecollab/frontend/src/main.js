@@ -18,6 +18,7 @@ const STATUS_TEXT = {
   connected: 'Connected',
   reconnecting: 'Reconnecting…',
   unsent: 'Offline, unsent edits',
+  rejected: 'Edits not saved',
 }
 
 // User-facing text for the server's error codes; other codes show the server's message.

@@ -1,7 +1,7 @@
 // Yjs provider that speaks the CodeCollab wire protocol over Socket.IO.
 //
 // Every `sync` and `awareness` payload is a y-protocols message in Yjs v1 encoding, sent as one
-// binary Socket.IO argument. The provider sends its sync step 1 on every (re)connect, answers
+// binary Socket.IO argument. The provider sends its sync step 1 on every (re)connect, replies to
 // the server's step 1 with a step 2, and counts as synced once the server's step 2 has arrived.
 // Each message that carries document content (step 2 or update) is sent with an ack callback,
 // and edits stay "unsent" until the server acknowledges them with `{ok: true}`.
@@ -29,8 +29,9 @@ function toBytes(data) {
  * - `connecting`: the first connection has not synced yet;
  * - `connected`: synced, and every local edit is acknowledged or in flight;
  * - `reconnecting`: the connection is down or resyncing, with no local edit waiting;
- * - `unsent`: local edits are not acknowledged by the server and the connection is down,
- *   resyncing, or the server rejected them.
+ * - `unsent`: local edits are not acknowledged and the connection is down or resyncing;
+ * - `rejected`: the server refused to store a local edit, so the local text differs from the
+ *   saved one until the page reloads.
  *
  * Events: `status` ({state, synced}), `synced` (no argument, once per connection),
  * `presence` (the server's presence payload), `server-error` ({code, message}),
@@ -108,7 +109,7 @@ export class SocketIOProvider extends ObservableV2 {
   /** Returns the state the header shows; see the class comment. */
   get state() {
     if (!this.everSynced) return 'connecting'
-    if (this.rejected) return 'unsent'
+    if (this.rejected) return 'rejected'
     if (this.socket.connected && this.synced) return 'connected'
     return this.unsent || this.pending.size > 0 ? 'unsent' : 'reconnecting'
   }

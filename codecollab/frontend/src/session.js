@@ -25,7 +25,7 @@ export async function createSessionPath() {
   }
   if (typeof body.url === 'string' && body.url.startsWith('/')) return body.url
   if (typeof body.id === 'string' && /^[A-Za-z0-9_-]+$/.test(body.id)) return `/s/${body.id}`
-  throw new Error('The server answered without a session id. Try again.')
+  throw new Error('The server response contains no session id. Try again.')
 }
 
 /** Copies text to the clipboard, also on plain-HTTP pages where navigator.clipboard is absent. */
