@@ -398,3 +398,28 @@ def test_invalid_session_404(browser, editor_server):
 
     assert response.status == 404
     assert heading == "Session not found"
+
+
+def test_offline_edits_resent(open_tab, session_url):
+    writer = open_tab(session_url)
+    peer = open_tab(session_url)
+
+    # A client-side disconnect stops Socket.IO from reconnecting until connect() is called.
+    writer.evaluate("window.codecollab.provider.socket.disconnect()")
+    writer.click(".cm-content")
+    writer.keyboard.press("Control+End")
+    writer.keyboard.type("written offline")
+    offline_state = writer.get_attribute("#status", "data-state")
+    offline_label = writer.text_content("#status-text")
+
+    writer.evaluate("window.codecollab.provider.socket.connect()")
+    writer.wait_for_function(
+        "document.getElementById('status').dataset.state === 'connected'",
+        timeout=CONVERGE_TIMEOUT_MS,
+    )
+    texts = wait_for_same_text([writer, peer])
+
+    assert offline_state == "unsent"
+    assert offline_label == "Offline, unsent edits"
+    assert texts[0].endswith("written offline")
+    assert texts[1] == texts[0]

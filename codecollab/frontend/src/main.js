@@ -98,8 +98,8 @@ function start() {
     const id = code === 'doc_too_large' ? 'edit-rejected' : `error-${code ?? 'unknown'}`
     showNotice({ message: text, kind: 'error', id, timeout: code === 'doc_too_large' ? null : 8000 })
   })
-  provider.on('rejected', ({ error }) => {
-    const text = ERROR_TEXT.doc_too_large && /too.large|doc_too_large/i.test(error) ? ERROR_TEXT.doc_too_large : `The server did not save your edit: ${error}`
+  provider.on('rejected', ({ code, message }) => {
+    const text = ERROR_TEXT[code] || `The server did not save your edit: ${message}`
     showNotice({
       message: `${text} Reload to get the last saved version.`,
       kind: 'error',

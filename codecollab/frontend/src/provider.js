@@ -35,7 +35,7 @@ function toBytes(data) {
  *
  * Events: `status` ({state, synced}), `synced` (no argument, once per connection),
  * `presence` (the server's presence payload), `server-error` ({code, message}),
- * `rejected` ({error}) when the server refuses to store an edit.
+ * `rejected` ({code, message}) when the server refuses to store an edit.
  */
 export class SocketIOProvider extends ObservableV2 {
   /**
@@ -155,21 +155,23 @@ export class SocketIOProvider extends ObservableV2 {
   }
 
   _onConnectError(error) {
-    // `socket.active` is false when the server refused the handshake, and then Socket.IO
+    // `socket.active` is false when the server rejected the handshake, and then Socket.IO
     // gives up, so the retry is ours. A network failure keeps it true and Socket.IO retries.
     if (!this.socket.active) {
-      const message = error?.data?.message || error?.message || 'The server refused the connection.'
-      this.emit('server-error', [{ code: 'connect_refused', message }])
-      this._scheduleRetry()
+      const code = error?.data?.code || 'connect_rejected'
+      const message = error?.message || 'The server rejected the connection.'
+      this.emit('server-error', [{ code, message }])
+      const retryAfterMs = Number(error?.data?.retry_after) * 1000 || 0
+      this._scheduleRetry(Math.max(SERVER_CLOSE_RETRY_MS, retryAfterMs))
     }
     this._emitStatus()
   }
 
-  _scheduleRetry() {
+  _scheduleRetry(delayMs = SERVER_CLOSE_RETRY_MS) {
     clearTimeout(this._retryTimer)
     this._retryTimer = setTimeout(() => {
       if (!this.socket.connected) this.socket.connect()
-    }, SERVER_CLOSE_RETRY_MS)
+    }, delayMs)
   }
 
   _onSync(data) {
@@ -230,7 +232,7 @@ export class SocketIOProvider extends ObservableV2 {
       } else {
         this.unsent = true
         this.rejected = true
-        this.emit('rejected', [{ error: reply?.error || 'The server did not store the edit.' }])
+        this.emit('rejected', [{ code: reply?.error, message: reply?.message || 'The server did not store the edit.' }])
       }
       this._emitStatus()
     })

@@ -1,15 +1,8 @@
 // Session-level actions of the toolbar: new session, copy link, download.
 
-import { randomId } from './identity.js'
 import { showNotice } from './notices.js'
 
-/** Length of a client-generated session id: 22 characters of 6 bits are 132 random bits. */
-const SESSION_ID_LENGTH = 22
-
-/**
- * Returns the path of a new session. The server creates the id through `POST /api/sessions`
- * when it offers that route. On 404 or 405 the id is generated here with crypto.getRandomValues.
- */
+/** Returns the path of a new session, whose unguessable id the server creates. */
 export async function createSessionPath() {
   let response
   try {
@@ -17,15 +10,13 @@ export async function createSessionPath() {
   } catch {
     throw new Error('Could not reach the server to create a session. Check the connection and try again.')
   }
-  if (response.status === 404 || response.status === 405) return `/s/${randomId(SESSION_ID_LENGTH)}`
 
   const body = await response.json().catch(() => ({}))
   if (!response.ok) {
     throw new Error(body.error || `Creating a session failed with HTTP ${response.status}. Try again.`)
   }
-  if (typeof body.url === 'string' && body.url.startsWith('/')) return body.url
-  if (typeof body.id === 'string' && /^[A-Za-z0-9_-]+$/.test(body.id)) return `/s/${body.id}`
-  throw new Error('The server response contains no session id. Try again.')
+  if (typeof body.url === 'string' && body.url.startsWith('/s/')) return body.url
+  throw new Error('The server response contains no session URL. Try again.')
 }
 
 /** Copies text to the clipboard, also on plain-HTTP pages where navigator.clipboard is absent. */

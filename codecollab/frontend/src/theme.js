@@ -8,19 +8,37 @@ export function isDark() {
   return document.documentElement.classList.contains('dark')
 }
 
-/** Wires the toggle button; `onChange(dark)` runs after every switch. */
+function storedTheme() {
+  try {
+    return localStorage.getItem(THEME_KEY)
+  } catch {
+    return null
+  }
+}
+
+/**
+ * Wires the toggle button; `onChange(dark)` runs after every switch. Until the user picks a
+ * theme, the page follows the system setting, also when it changes while the page is open.
+ */
 export function bindThemeToggle(button, onChange) {
-  const sync = () => button.setAttribute('aria-pressed', String(isDark()))
-  sync()
+  const apply = (dark) => {
+    document.documentElement.classList.toggle('dark', dark)
+    button.setAttribute('aria-pressed', String(dark))
+    onChange(dark)
+  }
+  button.setAttribute('aria-pressed', String(isDark()))
+
   button.addEventListener('click', () => {
     const dark = !isDark()
-    document.documentElement.classList.toggle('dark', dark)
     try {
       localStorage.setItem(THEME_KEY, dark ? 'dark' : 'light')
     } catch {
       // The choice then lasts only for this page.
     }
-    sync()
-    onChange(dark)
+    apply(dark)
+  })
+
+  window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', (event) => {
+    if (!storedTheme()) apply(event.matches)
   })
 }
