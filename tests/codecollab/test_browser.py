@@ -101,8 +101,8 @@ def editor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EditorSe
     port = free_port()
     env = {
         **os.environ,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
+        "CODECOLLAB_HOST": "127.0.0.1",
+        "CODECOLLAB_PORT": str(port),
         "CODECOLLAB_DATABASE_PATH": str(workdir / "codecollab.db"),
         "CODECOLLAB_DOC_MAX_BYTES": str(DOC_MAX_BYTES),
         # Every test shares 127.0.0.1, and one page load fetches about ten static files.
