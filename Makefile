@@ -7,9 +7,12 @@ FRONTENDS := $(wildcard codecollab/frontend/package.json scheduler/frontend/pack
 
 .PHONY: run test setup assets lint format clean
 
-run: setup assets
-	@if ! grep -qE '^[a-z]' Procfile; then echo "Procfile lists no processes yet."; exit 0; fi
-	$(BIN)/honcho start -f Procfile
+# The port check runs before the asset build, so a second `make run` stops at once and says
+# which port is taken. The launcher (launcher/) supervises the Procfile; see `python -m launcher -h`.
+run: setup
+	@$(BIN)/python -m launcher --check
+	@$(MAKE) --no-print-directory assets
+	@$(BIN)/python -m launcher
 
 test: setup assets
 	$(BIN)/ruff check .

@@ -1,0 +1,7 @@
+"""Process supervisor behind ``make run``: starts every service of the Procfile and stops them.
+
+The launcher checks that the ports are free and that a configured broker answers, starts each
+Procfile process in its own process group, prefixes its output with the process name, waits until
+each service answers, prints the URLs and, on Ctrl-C (SIGINT) or SIGTERM, stops every process
+group: SIGTERM first, SIGKILL after a grace period. Run it with ``python -m launcher``.
+"""
