@@ -66,7 +66,8 @@ class LauncherConfig:
     endpoints: list[Endpoint]
     log_readiness: list[LogReadiness] = field(default_factory=list)
     broker_url: str = ""  # CELERY_BROKER_URL; empty means the embedded broker
-    ratelimit_storage_url: str = ""  # rate-limiter storage; memory:// is per process
+    # Rate-limit storage URL by the variable that sets it; memory:// keeps buckets per process.
+    ratelimit_storage: dict[str, str] = field(default_factory=dict)
 
 
 def _url_host(host: str) -> str:
@@ -83,9 +84,9 @@ def load_config(procfile: Path | None = None) -> LauncherConfig:
         Endpoint(
             process="editor",
             label="Editor",
-            host=env_str("CODECOLLAB_HOST", "127.0.0.1"),
-            port=env_int("CODECOLLAB_PORT", 3000, minimum=1, maximum=65535),
-            port_variable="CODECOLLAB_PORT",
+            host=env_str("HOST", "127.0.0.1"),
+            port=env_int("PORT", 3000, minimum=1, maximum=65535),
+            port_variable="PORT",
             health_path="/healthz",
         ),
         Endpoint(
@@ -116,7 +117,10 @@ def load_config(procfile: Path | None = None) -> LauncherConfig:
         endpoints=endpoints,
         log_readiness=log_readiness,
         broker_url=env_str("CELERY_BROKER_URL", ""),
-        ratelimit_storage_url=env_str("RATELIMIT_STORAGE_URL", "memory://"),
+        ratelimit_storage={
+            name: env_str(name, "memory://")
+            for name in ("CODECOLLAB_RATE_LIMIT_STORAGE", "SCHEDULER_RATE_LIMIT_STORAGE")
+        },
     )
 
 

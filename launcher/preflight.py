@@ -191,11 +191,13 @@ def check_broker(broker_url: str, timeout: float = 3.0) -> list[str]:
 
 
 def rate_limit_warnings(config: LauncherConfig) -> list[str]:
-    """Return a warning when the rate limiter keeps its buckets in each process's memory."""
-    if config.ratelimit_storage_url.startswith("memory"):
-        return [
-            "RATELIMIT_STORAGE_URL is memory://, so the editor and the producer each keep "
-            "their own buckets: a client gets the full limit from each process. Set "
-            "redis://127.0.0.1:6379/0 to share the limits."
-        ]
-    return []
+    """Return a warning per rate-limit storage that keeps its buckets in process memory."""
+    warnings = []
+    for variable, url in config.ratelimit_storage.items():
+        if url.startswith("memory"):
+            warnings.append(
+                f"{variable} is {url}, so each process keeps its own rate-limit buckets and a "
+                "client gets the full limit from every process. Set it to "
+                "redis://127.0.0.1:6379/0 to share the limits."
+            )
+    return warnings
