@@ -1,0 +1,239 @@
+"""Flask extension: an app-wide default limit, per-route limits and exemptions.
+
+::
+
+    limiter = Limiter(default_limits="100/minute, burst 100", storage="redis://127.0.0.1:6379/0")
+    limiter.init_app(app)
+
+    @app.post("/process-video")
+    @limiter.limit("5/minute, burst 5")
+    def process_video(): ...
+
+    @app.get("/healthz")
+    @limiter.exempt
+    def healthz(): ...
+
+A request is checked once, before its view runs, against the route's limits and the default
+limit together: it is admitted only when all of them admit it, and a rejected request takes
+nothing from any of them. ``OPTIONS`` (CORS preflight) is exempt by default. ``HEAD`` is
+counted like ``GET``, once, in the same buckets as ``GET``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from flask import Flask, Response, current_app, g, request
+
+from .decision import Decision
+from .keys import ClientIP, KeySource
+from .limiter import RateLimiter, RateLimitEvent
+from .policy import Policy, parse_policies
+from .responses import rate_limit_headers, rejection
+from .storage import Bucket, Storage
+
+__all__ = ["Limiter", "RouteLimit"]
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+KeyFunc = Callable[[], str] | KeySource
+
+_DECISION_ATTRIBUTE = "_ratelimiter_decision"
+
+
+@dataclass(frozen=True)
+class RouteLimit:
+    """One ``@limiter.limit(...)`` on a view."""
+
+    policies: tuple[Policy, ...]
+    #: Zero-argument callable or key source; ``None`` means the limiter's default key.
+    key_func: KeyFunc | None
+    #: Tokens each request takes, or a zero-argument callable returning them.
+    cost: int | Callable[[], int]
+    #: Upper-case methods the limit applies to; ``None`` means every method.
+    methods: frozenset[str] | None
+    #: Bucket scope; ``None`` means the view's endpoint name.
+    scope: str | None
+
+
+class Limiter:
+    """Rate limiting for a Flask application.
+
+    :param app: the application; or call :meth:`init_app` later.
+    :param default_limits: policies applied to every route not marked ``@limiter.exempt``,
+        in one bucket per client shared by all routes. ``None`` (the default) applies none.
+    :param storage: ``"memory://"`` (default), ``"redis://host:6379/0"`` or a storage object.
+    :param key_func: the client key: a zero-argument callable reading ``flask.request``, or a
+        key source such as ``APIKeyHeader()``. Default: the peer IP address via ``client_ip``.
+    :param client_ip: the :class:`ClientIP` used by the default key; set it to trust reverse
+        proxies. Default ``ClientIP()``, which trusts none.
+    :param headers_enabled: add ``RateLimit-Policy`` and ``RateLimit`` to responses (default
+        true). ``Retry-After`` is always sent on 429 and 503.
+    :param exempt_methods: methods never counted (default ``{"OPTIONS"}``).
+    :param enabled: false turns every check off, for tests or maintenance.
+    :param on_storage_error: ``"allow"`` (default) or ``"deny"`` (answer 503) while storage fails.
+    :param timeout: seconds one storage call may take (default 0.1).
+    :param dry_run: count and log requests that would be rejected, but let them through.
+    :param key_prefix: prefix of every storage key (default ``"ratelimit"``).
+    :param on_event: callback receiving a :class:`RateLimitEvent` after each check.
+    :param clock: integer-nanosecond monotonic clock for ``memory://``; tests inject a fake.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        default_limits: str | Policy | Sequence[str | Policy] | None = None,
+        storage: str | Storage = "memory://",
+        key_func: KeyFunc | None = None,
+        client_ip: ClientIP | None = None,
+        headers_enabled: bool = True,
+        exempt_methods: Iterable[str] = ("OPTIONS",),
+        enabled: bool = True,
+        on_storage_error: Literal["allow", "deny"] = "allow",
+        timeout: float = 0.1,
+        dry_run: bool = False,
+        key_prefix: str = "ratelimit",
+        on_event: Callable[[RateLimitEvent], object] | None = None,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        self.default_policies: tuple[Policy, ...] = (
+            tuple(parse_policies(default_limits)) if default_limits is not None else ()
+        )
+        #: The engine that checks buckets; its ``counters`` count every outcome.
+        self.limiter = RateLimiter(
+            None,
+            storage,
+            on_storage_error=on_storage_error,
+            timeout=timeout,
+            dry_run=dry_run,
+            key_prefix=key_prefix,
+            on_event=on_event,
+            clock=clock,
+        )
+        self.client_ip = client_ip or ClientIP()
+        self.key_func = key_func
+        self.headers_enabled = headers_enabled
+        self.exempt_methods = frozenset(method.upper() for method in exempt_methods)
+        self.enabled = enabled
+        self._route_limits: dict[Callable[..., Any], list[RouteLimit]] = {}
+        self._exempt_views: set[Callable[..., Any]] = set()
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Check every request of ``app`` before its view runs and add headers after.
+
+        The check is a ``before_request`` hook, so hooks registered earlier run first: register
+        the hook that signs the user in before calling ``init_app`` when ``key_func`` needs it.
+        """
+        app.extensions["ratelimiter"] = self
+        app.before_request(self._before_request)
+        app.after_request(self._after_request)
+
+    def limit(
+        self,
+        policies: str | Policy | Sequence[str | Policy],
+        *,
+        key_func: KeyFunc | None = None,
+        cost: int | Callable[[], int] = 1,
+        methods: Iterable[str] | None = None,
+        scope: str | None = None,
+    ) -> Callable[[F], F]:
+        """Decorate a view with a limit on top of the default one.
+
+        :param policies: such as ``"5/minute, burst 5"`` or ``"10/second; 1000/hour"``.
+        :param key_func: the client key for this limit (default: the limiter's key).
+        :param cost: tokens per request, or a zero-argument callable returning them.
+        :param methods: count only these methods (``HEAD`` counts as ``GET``); default all.
+        :param scope: a name shared by views that should draw from one bucket; the default is
+            the view's endpoint, so each route has its own bucket.
+        :raises ValueError: for a malformed policy, or a fixed cost above a policy's capacity.
+        """
+        parsed = tuple(parse_policies(policies))
+        if not callable(cost):
+            if not isinstance(cost, int) or isinstance(cost, bool) or cost < 0:
+                raise ValueError(f"cost={cost!r} is invalid; use a whole number >= 0")
+            for policy in parsed:
+                if cost > policy.capacity:
+                    raise ValueError(
+                        f"cost={cost} exceeds the capacity {policy.capacity} of {policy.name}; "
+                        "no request could ever be admitted"
+                    )
+        route_limit = RouteLimit(
+            parsed,
+            key_func,
+            cost,
+            frozenset(method.upper() for method in methods) if methods is not None else None,
+            scope,
+        )
+
+        def decorator(view: F) -> F:
+            self._route_limits.setdefault(view, []).append(route_limit)
+            return view
+
+        return decorator
+
+    def exempt(self, view: F) -> F:
+        """Decorate a view so that the default limit does not apply to it.
+
+        Limits added with :meth:`limit` on the same view still apply.
+        """
+        self._exempt_views.add(view)
+        return view
+
+    def current_decision(self) -> Decision | None:
+        """Return the decision made for the current request, if any."""
+        return g.get(_DECISION_ATTRIBUTE)
+
+    # Request hooks
+
+    def _before_request(self) -> Response | None:
+        if not self.enabled or request.method in self.exempt_methods:
+            return None
+        method = "GET" if request.method == "HEAD" else request.method
+        view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
+
+        buckets: list[Bucket] = []
+        cost = 1
+        label = None
+        for route_limit in self._route_limits.get(view, ()):
+            if route_limit.methods is not None and method not in route_limit.methods:
+                continue
+            key = self._key(route_limit.key_func)
+            scope = route_limit.scope or f"route:{request.endpoint}"
+            buckets.extend(self.limiter.buckets(key, scope, route_limit.policies))
+            cost = route_limit.cost() if callable(route_limit.cost) else route_limit.cost
+            label = label or key
+        if self.default_policies and view not in self._exempt_views:
+            key = self._key(None)
+            buckets.extend(self.limiter.buckets(key, "default", self.default_policies))
+            label = label or key
+        if not buckets:
+            return None
+
+        decision = self.limiter.check_buckets(buckets, label, cost)
+        setattr(g, _DECISION_ATTRIBUTE, decision)
+        if decision.allowed:
+            return None
+        response = rejection(decision, include_rate_limit_headers=False)
+        return Response(response.body, status=response.status, headers=response.headers)
+
+    def _after_request(self, response: Response) -> Response:
+        decision = g.get(_DECISION_ATTRIBUTE)
+        if decision is not None and self.headers_enabled:
+            for name, value in rate_limit_headers(decision):
+                response.headers[name] = value
+        return response
+
+    def _key(self, key_func: KeyFunc | None) -> str:
+        source = key_func or self.key_func
+        if source is None:
+            return self.client_ip.from_environ(request.environ)
+        if hasattr(source, "from_environ"):
+            return source.from_environ(request.environ)
+        return str(source())

@@ -1,0 +1,292 @@
+"""The framework-free rate limiter: policies, a storage backend and the failure policy."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from .decision import BucketState, Decision
+from .policy import Policy, parse_policies
+from .storage import Bucket, Storage, StorageError, storage_from_url
+
+__all__ = ["RateLimitEvent", "RateLimiter"]
+
+logger = logging.getLogger(__name__)
+
+EventKind = Literal["allowed", "limited", "dry_run", "storage_error"]
+_EVENT_KINDS: tuple[EventKind, ...] = ("allowed", "limited", "dry_run", "storage_error")
+# Rejections and dry-run hits are logged at most once per interval per limiter, with a count.
+_REJECT_LOG_INTERVAL = 10.0
+
+
+@dataclass(slots=True)
+class RateLimitEvent:
+    """What ``on_event`` receives after every check."""
+
+    #: ``allowed``, ``limited`` (rejected), ``dry_run`` (would be rejected, let through) or
+    #: ``storage_error`` (storage failed and ``on_storage_error`` decided).
+    kind: EventKind
+    decision: Decision
+    #: The storage failure, for ``storage_error`` events.
+    error: Exception | None = None
+
+
+class RateLimiter:
+    """Checks client keys against one or more token-bucket policies.
+
+    :param policies: a policy string such as ``"5/second, burst 10; 1000/hour"``, a
+        :class:`Policy`, or a list of either. Every policy must admit a request. ``None``
+        leaves the limiter without policies of its own, for integrations that pass buckets
+        to :meth:`check_buckets`.
+    :param storage: ``"memory://"`` (the default), ``"redis://host:6379/0"``,
+        ``"rediss://..."``, or a storage object; pass the same object to several limiters to
+        share one connection pool.
+    :param on_storage_error: ``"allow"`` (the default) admits requests while storage fails;
+        ``"deny"`` rejects them, which the web integrations answer with 503.
+    :param timeout: seconds one storage call may take, connecting included (default 0.1).
+        Used only when ``storage`` is a URL.
+    :param dry_run: when true, requests the policies reject are counted, logged and let
+        through, so that a new limit can be observed before it is enforced.
+    :param key_prefix: prepended to every storage key (default ``"ratelimit"``), so that
+        several applications can share one Redis database.
+    :param on_event: called with a :class:`RateLimitEvent` after every check, from the
+        thread (or coroutine) that checked. Exceptions it raises are logged and ignored.
+    :param storage_retry_after: the ``retry_after`` in seconds of requests rejected because
+        storage failed with ``on_storage_error="deny"`` (default 1).
+    :param clock: integer-nanosecond monotonic clock for ``memory://``; tests inject a fake.
+    :raises ValueError: for a malformed policy or an unknown setting value.
+    """
+
+    def __init__(
+        self,
+        policies: str | Policy | Sequence[str | Policy] | None,
+        storage: str | Storage = "memory://",
+        *,
+        on_storage_error: Literal["allow", "deny"] = "allow",
+        timeout: float = 0.1,
+        dry_run: bool = False,
+        key_prefix: str = "ratelimit",
+        on_event: Callable[[RateLimitEvent], object] | None = None,
+        storage_retry_after: int = 1,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        if on_storage_error not in ("allow", "deny"):
+            raise ValueError(
+                f"on_storage_error={on_storage_error!r} is invalid; use 'allow' or 'deny'"
+            )
+        if not timeout > 0:
+            raise ValueError(f"timeout={timeout!r} is invalid; use seconds > 0, such as 0.1")
+        if not isinstance(storage_retry_after, int) or storage_retry_after < 1:
+            raise ValueError(
+                f"storage_retry_after={storage_retry_after!r} is invalid; use whole seconds >= 1"
+            )
+        self.policies: tuple[Policy, ...] = (
+            tuple(parse_policies(policies)) if policies is not None else ()
+        )
+        if isinstance(storage, str):
+            storage = storage_from_url(storage, timeout=timeout, clock=clock)
+        self.storage: Storage = storage
+        self.on_storage_error = on_storage_error
+        self.timeout = timeout
+        self.dry_run = dry_run
+        self.key_prefix = key_prefix
+        self.on_event = on_event
+        self.storage_retry_after = storage_retry_after
+        #: Checks by outcome: allowed, limited, dry_run and storage_error.
+        self.counters: dict[str, int] = dict.fromkeys(_EVENT_KINDS, 0)
+        self._counter_lock = threading.Lock()
+        self._storage_failing = False
+        self._failed_checks = 0
+        self._reject_log = _LogThrottle(_REJECT_LOG_INTERVAL)
+
+    # Public checks
+
+    def check(self, key: str, cost: int = 1) -> Decision:
+        """Take ``cost`` tokens for ``key`` from every policy's bucket, or none if one lacks them.
+
+        This is the plain guard for code outside HTTP, such as a Socket.IO handler:
+        ``if not limiter.check(f"sio:{sid}").allowed: return``.
+
+        :param key: the client identity, such as an IP address or user id.
+        :param cost: the request's weight. 0 is always admitted and takes nothing; a cost above
+            a policy's capacity is rejected without taking tokens, with
+            ``retry_after = math.inf``.
+        :raises ValueError: when ``cost`` is negative or not an integer.
+        """
+        return self.check_buckets(self.buckets(key), key, cost)
+
+    async def check_async(self, key: str, cost: int = 1) -> Decision:
+        """The same as :meth:`check`, without blocking the event loop on Redis."""
+        return await self.check_buckets_async(self.buckets(key), key, cost)
+
+    def buckets(
+        self, key: str, scope: str | None = None, policies: Sequence[Policy] | None = None
+    ) -> list[Bucket]:
+        """Return the storage buckets of ``key``, one per policy.
+
+        :param scope: separates limits that share clients, such as one per route.
+        :param policies: the policies to use instead of this limiter's own.
+        """
+        if not isinstance(key, str):
+            raise TypeError(f"rate-limit key {key!r} is not a string")
+        if not (policies or self.policies):
+            raise ValueError("this RateLimiter has no policies; pass policies to RateLimiter()")
+        storage_key = (
+            f"{self.key_prefix}:{key}" if scope is None else f"{self.key_prefix}:{scope}:{key}"
+        )
+        return [(storage_key, policy) for policy in (policies or self.policies)]
+
+    def check_buckets(self, buckets: Sequence[Bucket], key: str, cost: int = 1) -> Decision:
+        """Take ``cost`` tokens from all ``buckets`` atomically; ``key`` labels the decision."""
+        _validate_cost(cost)
+        try:
+            allowed, states = self.storage.acquire(buckets, cost)
+        except StorageError as error:
+            return self._storage_error_decision(key, cost, error)
+        return self._decide(key, cost, allowed, states)
+
+    async def check_buckets_async(
+        self, buckets: Sequence[Bucket], key: str, cost: int = 1
+    ) -> Decision:
+        """The same as :meth:`check_buckets`, without blocking the event loop on Redis."""
+        _validate_cost(cost)
+        try:
+            allowed, states = await self.storage.acquire_async(buckets, cost)
+        except StorageError as error:
+            return self._storage_error_decision(key, cost, error)
+        return self._decide(key, cost, allowed, states)
+
+    def close(self) -> None:
+        """Close the storage backend."""
+        self.storage.close()
+
+    # Decisions
+
+    def _decide(self, key: str, cost: int, allowed: bool, states: list[BucketState]) -> Decision:
+        if self._storage_failing:
+            self._mark_recovered()
+
+        if allowed:
+            deciding = min(states, key=_remaining_of)
+            decision = Decision(
+                True,
+                deciding.remaining,
+                0.0,
+                deciding.reset_after,
+                deciding.policy,
+                key,
+                cost,
+                states=tuple(states),
+            )
+            self._count("allowed", decision)
+            return decision
+
+        deciding = max(states, key=_retry_after_of)
+        decision = Decision(
+            self.dry_run,
+            deciding.remaining,
+            deciding.retry_after,
+            deciding.reset_after,
+            deciding.policy,
+            key,
+            cost,
+            limited=True,
+            dry_run=self.dry_run,
+            states=tuple(states),
+        )
+        kind: EventKind = "dry_run" if self.dry_run else "limited"
+        suppressed = self._reject_log.ready()
+        if suppressed is not None:
+            logger.info(
+                "%s key=%s policy=%s retry_after=%.3fs (%d more since the last such line)",
+                "dry run: would reject" if self.dry_run else "rejected",
+                key,
+                deciding.policy,
+                deciding.retry_after,
+                suppressed,
+            )
+        self._count(kind, decision)
+        return decision
+
+    def _storage_error_decision(self, key: str, cost: int, error: StorageError) -> Decision:
+        allow = self.on_storage_error == "allow"
+        with self._counter_lock:
+            self._failed_checks += 1
+            first = not self._storage_failing
+            self._storage_failing = True
+        if first:
+            logger.error(
+                "rate-limit storage failed (%s); %s requests until it recovers (key=%s)",
+                error,
+                "admitting" if allow else "rejecting",
+                key,
+            )
+        decision = Decision(
+            allow,
+            0,
+            0.0 if allow else float(self.storage_retry_after),
+            0.0,
+            None,
+            key,
+            cost,
+            storage_error=True,
+        )
+        self._count("storage_error", decision, error)
+        return decision
+
+    def _mark_recovered(self) -> None:
+        with self._counter_lock:
+            if not self._storage_failing:
+                return
+            failed, self._failed_checks = self._failed_checks, 0
+            self._storage_failing = False
+        logger.warning("rate-limit storage recovered after %d failed checks", failed)
+
+    def _count(self, kind: EventKind, decision: Decision, error: Exception | None = None) -> None:
+        with self._counter_lock:
+            self.counters[kind] += 1
+        if self.on_event is not None:
+            try:
+                self.on_event(RateLimitEvent(kind, decision, error))
+            except Exception:
+                logger.exception("on_event callback failed for key=%s", decision.key)
+
+
+def _validate_cost(cost: int) -> None:
+    if not isinstance(cost, int) or isinstance(cost, bool):
+        raise ValueError(f"cost={cost!r} is invalid; use a whole number >= 0")
+    if cost < 0:
+        raise ValueError(f"cost={cost} is negative; use a whole number >= 0")
+
+
+def _remaining_of(state: BucketState) -> int:
+    return state.remaining
+
+
+def _retry_after_of(state: BucketState) -> float:
+    return state.retry_after
+
+
+class _LogThrottle:
+    """Let one log line through per interval and count the ones held back."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._next = 0.0
+        self._held_back = 0
+        self._lock = threading.Lock()
+
+    def ready(self) -> int | None:
+        """Return the number held back since the last line when a line may be logged now."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next:
+                self._held_back += 1
+                return None
+            self._next = now + self._interval
+            held_back, self._held_back = self._held_back, 0
+            return held_back

@@ -1,0 +1,367 @@
+"""RateLimiter with memory storage: exact token-bucket arithmetic on a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import random
+import threading
+
+import pytest
+
+from ratelimiter import Policy, RateLimiter, RateLimitEvent, parse_policy
+from ratelimiter.storage import MemoryStorage
+
+from .conftest import FakeClock
+
+# (seconds since start, allowed, remaining, retry_after) for "1/second, burst 3".
+ONE_PER_SECOND_BURST_3 = [
+    (0.0, True, 2, 0.0),
+    (0.0, True, 1, 0.0),
+    (0.0, True, 0, 0.0),
+    (0.0, False, 0, 1.0),
+    (0.5, False, 0, 0.5),
+    (0.999999, False, 0, 0.000001),
+    (1.0, True, 0, 0.0),
+    (1.0, False, 0, 1.0),
+    (2.5, True, 0, 0.0),
+    (2.5, False, 0, 0.5),
+    (3.0, True, 0, 0.0),
+    (10.0, True, 2, 0.0),
+]
+
+# The same for "2/second" (capacity 2, one token every 0.5 s).
+TWO_PER_SECOND = [
+    (0.0, True, 1, 0.0),
+    (0.0, True, 0, 0.0),
+    (0.0, False, 0, 0.5),
+    (0.25, False, 0, 0.25),
+    (0.5, True, 0, 0.0),
+    (0.5, False, 0, 0.5),
+    (1.5, True, 1, 0.0),
+    (1.5, True, 0, 0.0),
+    (1.75, False, 0, 0.25),
+    (60.0, True, 1, 0.0),
+]
+
+# "7/second": one token every 1/7 s, which no binary fraction represents exactly.
+SEVEN_PER_SECOND = [
+    (0.0, True, 6, 0.0),
+    *[(0.0, True, remaining, 0.0) for remaining in range(5, -1, -1)],
+    (0.0, False, 0, 1 / 7),
+    (1 / 7, True, 0, 0.0),
+    (2 / 7, True, 0, 0.0),
+    (2 / 7, False, 0, 1 / 7),
+    (1 + 2 / 7, True, 6, 0.0),
+]
+
+
+def make_limiter(policies, clock: FakeClock, **kwargs) -> RateLimiter:
+    return RateLimiter(policies, storage=MemoryStorage(clock=clock), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("policy", "table"),
+    [
+        ("1/second, burst 3", ONE_PER_SECOND_BURST_3),
+        ("2/second", TWO_PER_SECOND),
+        ("7/second", SEVEN_PER_SECOND),
+    ],
+)
+def test_check_arrival_table(policy: str, table: list, clock: FakeClock) -> None:
+    limiter = make_limiter(policy, clock)
+    for at, allowed, remaining, retry_after in table:
+        clock.set(at)
+        decision = limiter.check("client")
+        assert decision.allowed is allowed, f"at {at}s"
+        assert decision.remaining == remaining, f"at {at}s"
+        assert decision.retry_after == pytest.approx(retry_after, abs=1e-9), f"at {at}s"
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "header"),
+    [(0.000001, 1), (0.5, 1), (1.0, 1), (1.000001, 2), (59.2, 60)],
+)
+def test_retry_after_header_rounding(retry_after: float, header: int, clock: FakeClock) -> None:
+    limiter = make_limiter(Policy(1, retry_after), clock)
+    limiter.check("client")
+    decision = limiter.check("client")
+    assert decision.retry_after_seconds == header
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_retry_at_header_admitted(seed: int, clock: FakeClock) -> None:
+    rng = random.Random(seed)
+    policies = [
+        Policy(rng.randint(1, 50), rng.choice([0.7, 1.0, 3.0, 60.0]), rng.randint(1, 20))
+        for _ in range(rng.randint(1, 3))
+    ]
+    limiter = make_limiter(policies, clock)
+    capacity = min(policy.capacity for policy in policies)
+    denials = 0
+    for _ in range(300):
+        cost = rng.randint(1, capacity)
+        decision = limiter.check("client", cost=cost)
+        if not decision.allowed:
+            denials += 1
+            clock.advance(decision.retry_after_seconds)
+            assert limiter.check("client", cost=cost).allowed
+        clock.advance(rng.random() * 0.01)
+    assert denials > 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_admitted_never_exceeds_bound(seed: int, clock: FakeClock) -> None:
+    """Over any interval T at most capacity + rate * T units are admitted."""
+    rng = random.Random(seed)
+    policy = parse_policy("5/second, burst 10")
+    limiter = make_limiter(policy, clock)
+    admitted: list[tuple[int, int]] = []
+    for _ in range(3000):
+        clock.advance(rng.expovariate(40.0))
+        cost = rng.choice([1, 1, 1, 2, 3])
+        if limiter.check("client", cost=cost).allowed:
+            admitted.append((clock.now_ns, cost))
+    worst = 0.0
+    for start in range(len(admitted)):
+        total = 0
+        for end in range(start, len(admitted)):
+            total += admitted[end][1]
+            span = (admitted[end][0] - admitted[start][0]) / 1e9
+            worst = max(worst, total - (policy.capacity + policy.rate * span))
+    assert worst <= 1e-9
+
+
+def test_idle_key_refills_to_capacity(clock: FakeClock) -> None:
+    limiter = make_limiter("10/minute, burst 5", clock)
+    for _ in range(5):
+        limiter.check("client")
+    clock.advance(3600)
+    assert limiter.check("client").remaining == 4
+
+
+def test_idle_key_never_exceeds_capacity(clock: FakeClock) -> None:
+    limiter = make_limiter("10/second, burst 5", clock)
+    clock.advance(3600)
+    admitted = sum(limiter.check("client").allowed for _ in range(20))
+    assert admitted == 5
+
+
+def test_cost_above_capacity_rejected(clock: FakeClock) -> None:
+    limiter = make_limiter("10/second", clock)
+    decision = limiter.check("client", cost=11)
+    assert decision.allowed is False
+    assert math.isinf(decision.retry_after)
+    assert decision.retry_after_seconds is None
+
+
+def test_cost_above_capacity_keeps_tokens(clock: FakeClock) -> None:
+    limiter = make_limiter("10/second", clock)
+    limiter.check("client", cost=11)
+    assert limiter.check("client", cost=10).allowed
+
+
+def test_cost_zero_allowed_when_empty(clock: FakeClock) -> None:
+    limiter = make_limiter("1/minute", clock)
+    limiter.check("client")
+    decision = limiter.check("client", cost=0)
+    assert decision.allowed is True
+    assert decision.remaining == 0
+
+
+def test_cost_zero_takes_nothing(clock: FakeClock) -> None:
+    limiter = make_limiter("3/minute", clock)
+    limiter.check("client", cost=0)
+    assert limiter.check("client").remaining == 2
+
+
+@pytest.mark.parametrize("cost", [-1, 1.5, True, "1", None])
+def test_cost_invalid(cost, clock: FakeClock) -> None:
+    limiter = make_limiter("3/minute", clock)
+    with pytest.raises(ValueError, match="cost"):
+        limiter.check("client", cost=cost)
+
+
+def test_weighted_cost_drains_by_cost(clock: FakeClock) -> None:
+    limiter = make_limiter("10/minute", clock)
+    assert limiter.check("client", cost=4).remaining == 6
+    assert limiter.check("client", cost=6).remaining == 0
+    assert limiter.check("client", cost=1).allowed is False
+
+
+def test_policies_rejected_takes_nothing(clock: FakeClock) -> None:
+    limiter = make_limiter("10/second, burst 10; 3/minute", clock)
+    for _ in range(3):
+        limiter.check("client")
+    for _ in range(5):
+        decision = limiter.check("client")
+        assert decision.allowed is False
+        assert decision.states[0].remaining == 7
+
+
+def test_policies_deciding_on_reject(clock: FakeClock) -> None:
+    limiter = make_limiter("1/second; 2/minute", clock)
+    limiter.check("client")
+    decision = limiter.check("client")
+    assert decision.policy == parse_policy("1/second")
+    assert decision.retry_after == pytest.approx(1.0)
+
+
+def test_policies_deciding_longest_retry(clock: FakeClock) -> None:
+    limiter = make_limiter("1/second; 2/minute", clock)
+    limiter.check("client")
+    clock.advance(1)
+    limiter.check("client")
+    clock.advance(1)
+    decision = limiter.check("client")
+    assert decision.policy == parse_policy("2/minute")
+    assert decision.retry_after == pytest.approx(28.0)
+
+
+def test_policies_deciding_on_admit_fewest_left(clock: FakeClock) -> None:
+    limiter = make_limiter("10/second; 3/minute", clock)
+    decision = limiter.check("client")
+    assert decision.policy == parse_policy("3/minute")
+    assert decision.remaining == 2
+    assert [state.remaining for state in decision.states] == [9, 2]
+
+
+def test_keys_are_independent(clock: FakeClock) -> None:
+    limiter = make_limiter("1/minute", clock)
+    limiter.check("a")
+    assert limiter.check("b").allowed
+
+
+def test_decision_reset_after(clock: FakeClock) -> None:
+    limiter = make_limiter("1/second, burst 4", clock)
+    limiter.check("client", cost=3)
+    assert limiter.check("client").reset_after == pytest.approx(4.0)
+
+
+def test_dry_run_lets_limited_through(clock: FakeClock) -> None:
+    limiter = make_limiter("2/minute", clock, dry_run=True)
+    decisions = [limiter.check("client") for _ in range(3)]
+    assert [d.allowed for d in decisions] == [True, True, True]
+    assert decisions[2].limited is True
+    assert decisions[2].dry_run is True
+    assert limiter.counters["dry_run"] == 1
+
+
+def test_on_event_receives_every_check(clock: FakeClock) -> None:
+    events: list[RateLimitEvent] = []
+    limiter = make_limiter("1/minute", clock, on_event=events.append)
+    limiter.check("client")
+    limiter.check("client")
+    assert [event.kind for event in events] == ["allowed", "limited"]
+    assert limiter.counters == {"allowed": 1, "limited": 1, "dry_run": 0, "storage_error": 0}
+
+
+def test_on_event_error_ignored(clock: FakeClock) -> None:
+    def fail(event: RateLimitEvent) -> None:
+        raise RuntimeError("callback bug")
+
+    limiter = make_limiter("1/minute", clock, on_event=fail)
+    assert limiter.check("client").allowed
+
+
+def test_check_async_memory(clock: FakeClock) -> None:
+    limiter = make_limiter("1/minute", clock)
+    first = asyncio.run(limiter.check_async("client"))
+    second = asyncio.run(limiter.check_async("client"))
+    assert (first.allowed, second.allowed) == (True, False)
+
+
+def test_guard_socketio_style_key(clock: FakeClock) -> None:
+    limiter = make_limiter("20/second, burst 20", clock)
+    admitted = sum(limiter.check("sio:abc123").allowed for _ in range(25))
+    assert admitted == 20
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"on_storage_error": "maybe"}, "on_storage_error"),
+        ({"timeout": 0}, "timeout"),
+        ({"storage": "mongodb://x"}, "not supported"),
+        ({"storage": "memory://?max_keys=lots"}, "max_keys"),
+        ({"storage_retry_after": 0}, "storage_retry_after"),
+    ],
+)
+def test_limiter_invalid_settings(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RateLimiter("1/second", **kwargs)
+
+
+def test_limiter_without_policies_check() -> None:
+    with pytest.raises(ValueError, match="no policies"):
+        RateLimiter(None).check("client")
+
+
+def test_memory_threads_admit_capacity() -> None:
+    """32 threads x 200 requests on one key with capacity 100 admit exactly 100."""
+    limiter = RateLimiter(Policy(1, 86400.0, burst=100))
+    admitted = itertools.count()
+    start = threading.Barrier(32)
+
+    def worker() -> None:
+        start.wait()
+        for _ in range(200):
+            if limiter.check("shared").allowed:
+                next(admitted)
+
+    threads = [threading.Thread(target=worker) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert next(admitted) == 100
+
+
+def test_memory_sweep_drops_full_buckets(clock: FakeClock) -> None:
+    storage = MemoryStorage(clock=clock)
+    limiter = RateLimiter("10/second", storage=storage)
+    for index in range(1000):
+        limiter.check(f"client-{index}")
+    clock.advance(2)
+    for _ in range(1000):
+        limiter.check("busy")
+    assert len(storage) <= 2
+
+
+def test_memory_cap_keeps_limited_keys(clock: FakeClock) -> None:
+    storage = MemoryStorage(max_keys=10, clock=clock)
+    limiter = RateLimiter("1/hour", storage=storage)
+    for index in range(10):
+        limiter.check(f"client-{index}")
+    decision = limiter.check("newcomer")
+    assert decision.storage_error is True
+    assert all(not limiter.check(f"client-{index}").allowed for index in range(10))
+
+
+def test_memory_cap_deny_rejects_newcomer(clock: FakeClock) -> None:
+    storage = MemoryStorage(max_keys=10, clock=clock)
+    limiter = RateLimiter("1/hour", storage=storage, on_storage_error="deny")
+    for index in range(10):
+        limiter.check(f"client-{index}")
+    assert limiter.check("newcomer").allowed is False
+
+
+def test_memory_cap_evicts_unlimited_key(clock: FakeClock) -> None:
+    storage = MemoryStorage(max_keys=10, clock=clock)
+    limiter = RateLimiter("5/hour", storage=storage)
+    for index in range(10):
+        limiter.check(f"client-{index}")
+    assert limiter.check("newcomer").allowed is True
+    assert len(storage) == 10
+    assert storage.evictions == 1
+
+
+def test_memory_cap_prefers_full_buckets(clock: FakeClock) -> None:
+    storage = MemoryStorage(max_keys=10, clock=clock)
+    limiter = RateLimiter("5/second", storage=storage)
+    for index in range(10):
+        limiter.check(f"client-{index}")
+    clock.advance(5)
+    assert limiter.check("newcomer").allowed is True
+    assert storage.evictions == 0
