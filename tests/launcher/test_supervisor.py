@@ -12,7 +12,7 @@ import pytest
 
 from launcher.supervisor import group_members
 
-from .conftest import free_port
+from .harness import free_port
 
 pytestmark = pytest.mark.skipif(not Path("/proc/1/stat").exists(), reason="needs Linux /proc")
 
