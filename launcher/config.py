@@ -84,9 +84,9 @@ def load_config(procfile: Path | None = None) -> LauncherConfig:
         Endpoint(
             process="editor",
             label="Editor",
-            host=env_str("HOST", "127.0.0.1"),
-            port=env_int("PORT", 3000, minimum=1, maximum=65535),
-            port_variable="PORT",
+            host=env_str("CODECOLLAB_HOST", "127.0.0.1"),
+            port=env_int("CODECOLLAB_PORT", 3000, minimum=1, maximum=65535),
+            port_variable="CODECOLLAB_PORT",
             health_path="/healthz",
         ),
         Endpoint(
@@ -117,11 +117,20 @@ def load_config(procfile: Path | None = None) -> LauncherConfig:
         endpoints=endpoints,
         log_readiness=log_readiness,
         broker_url=env_str("CELERY_BROKER_URL", ""),
-        ratelimit_storage={
-            name: env_str(name, "memory://")
-            for name in ("CODECOLLAB_RATE_LIMIT_STORAGE", "SCHEDULER_RATE_LIMIT_STORAGE")
-        },
+        ratelimit_storage=_rate_limit_storage(),
     )
+
+
+def _rate_limit_storage() -> dict[str, str]:
+    """Return each service's rate-limit storage URL by the variable that sets it.
+
+    Both services fall back to ``RATELIMIT_STORAGE_URL``; the editor's own variable wins.
+    """
+    shared = env_str("RATELIMIT_STORAGE_URL", "memory://")
+    editor = env_str("CODECOLLAB_RATE_LIMIT_STORAGE", "")
+    if editor:
+        return {"CODECOLLAB_RATE_LIMIT_STORAGE": editor, "RATELIMIT_STORAGE_URL": shared}
+    return {"RATELIMIT_STORAGE_URL": shared}
 
 
 def environment_for_children() -> dict[str, str]:

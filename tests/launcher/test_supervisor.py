@@ -67,7 +67,7 @@ def test_launcher_sigint_leaves_no_process(tmp_path: Path, launch) -> None:
         tmp_path,
         {"editor": _editor_line(port), "worker": f"{sys.executable} {tmp_path}/worker.py"},
     )
-    run = launch(["-f", str(procfile)], {"PORT": str(port), "CELERY_BROKER_URL": ""})
+    run = launch(["-f", str(procfile)], {"CODECOLLAB_PORT": str(port), "CELERY_BROKER_URL": ""})
     grandchild = int(run.wait_for(r"worker\s+\| grandchild (\d+)", timeout=20)[1])
     run.wait_for(r"everything is ready", timeout=20)
     run.wait_for(rf"Editor:\s+http://127\.0\.0\.1:{port}/", timeout=5)
@@ -103,7 +103,7 @@ def test_launcher_process_failing_at_start_stops_all(tmp_path: Path, launch) -> 
         tmp_path,
         {"editor": _editor_line(port), "failing": f"{sys.executable} {tmp_path}/failing.py"},
     )
-    run = launch(["-f", str(procfile)], {"PORT": str(port), "CELERY_BROKER_URL": ""})
+    run = launch(["-f", str(procfile)], {"CODECOLLAB_PORT": str(port), "CELERY_BROKER_URL": ""})
 
     code = run.drain(timeout=30)
 
@@ -121,7 +121,7 @@ def test_launcher_port_taken_starts_nothing(tmp_path: Path, launch) -> None:
         holder.listen()
         port = holder.getsockname()[1]
         procfile = _write_procfile(tmp_path, {"editor": _editor_line(port)})
-        run = launch(["-f", str(procfile)], {"PORT": str(port)})
+        run = launch(["-f", str(procfile)], {"CODECOLLAB_PORT": str(port)})
         code = run.drain(timeout=20)
 
     assert code == 2

@@ -46,8 +46,8 @@ def stack_environ(tmp: Path, ports: dict[str, int]) -> dict[str, str]:
     """Return the environment that isolates one stack run in ``tmp``."""
     return {
         **os.environ,
-        "HOST": "127.0.0.1",
-        "PORT": str(ports["editor"]),
+        "CODECOLLAB_HOST": "127.0.0.1",
+        "CODECOLLAB_PORT": str(ports["editor"]),
         "SCHEDULER_HOST": "127.0.0.1",
         "SCHEDULER_PORT": str(ports["producer"]),
         "FLOWER_ADDRESS": "127.0.0.1",
@@ -58,7 +58,7 @@ def stack_environ(tmp: Path, ports: dict[str, int]) -> dict[str, str]:
         "CELERY_RESULT_BACKEND": "",
         "SMTP_URL": "",
         "CODECOLLAB_RATE_LIMIT_STORAGE": "",
-        "SCHEDULER_RATE_LIMIT_STORAGE": "",
+        "RATELIMIT_STORAGE_URL": "",
         "SCHEDULER_STATE_DIR": str(tmp / "scheduler"),
         "SCHEDULER_TASK_DB": "",
         "MEDIA_ROOT": str(tmp / "media"),

@@ -121,7 +121,7 @@ def test_published_ports_are_documented(
 
 @pytest.mark.parametrize(
     ("name", "variable"),
-    [("editor", "PORT"), ("producer", "SCHEDULER_PORT")],
+    [("editor", "CODECOLLAB_PORT"), ("producer", "SCHEDULER_PORT")],
 )
 def test_app_port_matches_its_setting(services: dict, name: str, variable: str) -> None:
     [mapping] = services[name]["ports"]
