@@ -1,4 +1,4 @@
-"""Exit 0 when an HTTP URL answers with a 2xx status, 1 otherwise: ``healthcheck.py URL``.
+"""Exit 0 when an HTTP URL responds with a 2xx status, 1 otherwise: ``healthcheck.py URL``.
 
 Used by the compose health checks, because the slim Python image has no curl or wget.
 """

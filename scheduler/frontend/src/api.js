@@ -33,7 +33,7 @@ export function errorFromResponse(status, body, retryAfterHeader) {
       seconds,
     );
   }
-  const message = typeof body?.error === "string" ? body.error : `the server answered HTTP ${status}`;
+  const message = typeof body?.error === "string" ? body.error : `the server returned HTTP ${status}`;
   return new ApiError(`Request failed: ${message}`, status);
 }
 

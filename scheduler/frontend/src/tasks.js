@@ -244,7 +244,7 @@ export class TaskList {
     return box;
   }
 
-  /** One line about the result: video size and duration, report totals or e-mail counts. */
+  /** Summarises the result in one line: video size and duration, report totals or e-mail counts. */
   summarise(record) {
     const result = record.result;
     if (result.output?.width && result.source?.duration !== undefined) {
