@@ -192,6 +192,47 @@ def test_jobs_page_shows_rate_limit_retry(stack: Stack, page) -> None:
     expect(form.locator("button[type=submit]")).to_have_text(re.compile(r"Wait \d+ s"))
 
 
+def _record(task_id: str, state: str, **fields: object) -> dict:
+    return {
+        "id": task_id,
+        "kind": "process-video",
+        "state": state,
+        "percent": 0,
+        "message": "",
+        "result": None,
+        "error": None,
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "updated_at": "2026-01-01T00:00:00+00:00",
+        **fields,
+    }
+
+
+def test_jobs_page_shows_error_and_cancel(stack: Stack, page) -> None:
+    from playwright.sync_api import expect
+
+    # A failing transcode cannot be produced on demand, so the first page of the list is
+    # replaced; the error text carries markup that must appear as text.
+    error = "could not decode frame 12 <img src=x onerror=alert(1)>"
+    tasks = [
+        _record("f" * 32, "failed", percent=40, error=error),
+        _record("a" * 32, "progress", percent=55, message="frame 330 of 600"),
+    ]
+    page.route(
+        "**/tasks?page=1&per_page=*",
+        lambda route: route.fulfill(json={"tasks": tasks, "page": 1, "per_page": 20, "total": 2}),
+    )
+    page.goto(stack.producer_url + "/")
+
+    failed = page.locator(f"li[data-task-id='{'f' * 32}']")
+    expect(failed.locator(".task-error")).to_have_text(f"Error: {error}")
+    expect(failed.locator("img")).to_have_count(0)
+    expect(failed.locator("button.task-cancel")).to_have_count(0)
+    running = page.locator(f"li[data-task-id='{'a' * 32}']")
+    expect(running.locator("button.task-cancel")).to_be_visible()
+    expect(running.locator(".task-percent")).to_have_text("55%")
+    expect(running.locator(".task-message")).to_have_text("frame 330 of 600")
+
+
 def test_stack_sigint_leaves_no_process(stack: Stack) -> None:
     groups = stack.run.started_groups()
     assert set(groups) >= {"editor", "producer", "flower", "beat"}
