@@ -107,7 +107,7 @@ def load_config(procfile: Path | None = None) -> LauncherConfig:
         ),
     ]
     log_readiness = [
-        LogReadiness("worker", re.compile(r"celery@\S+ ready\."), "Celery worker ready"),
+        LogReadiness("worker", re.compile(r"\S+@\S+ ready\."), "Celery worker ready"),
         LogReadiness("beat", re.compile(r"beat: Starting"), "celery beat started"),
     ]
     return LauncherConfig(

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from flask import Blueprint, render_template
 
+from scheduler.config import Settings
+
 logger = logging.getLogger(__name__)
 
 _DIST = Path(__file__).resolve().parent / "static" / "dist"
@@ -19,15 +21,13 @@ _DIST = Path(__file__).resolve().parent / "static" / "dist"
 _HEIGHTS = (240, 360, 480, 720, 1080)
 
 
-def create_jobs_blueprint(
-    *, max_upload_mb: int, default_height: int, default_thumbnails: int, max_thumbnails: int
-) -> Blueprint:
+def create_jobs_blueprint(settings: Settings, *, max_thumbnails: int) -> Blueprint:
     """Return the blueprint that serves the jobs page at ``/`` and its assets at ``/assets/``.
 
-    :param max_upload_mb: upload limit shown on the page and checked before uploading.
-    :param default_height: height selected in the form; added to the choices if missing.
-    :param default_thumbnails: thumbnail count preset in the form.
-    :param max_thumbnails: largest thumbnail count the form accepts.
+    :param settings: the producer's settings. The page shows ``max_upload_mb`` and checks it
+        before uploading, and presets ``default_height`` (added to the height choices when
+        missing) and ``default_thumbnails``.
+    :param max_thumbnails: largest thumbnail count the form accepts, as the API does.
     """
     blueprint = Blueprint(
         "jobs_page",
@@ -36,7 +36,7 @@ def create_jobs_blueprint(
         static_folder=str(_DIST),
         static_url_path="/assets",
     )
-    heights = sorted({*_HEIGHTS, default_height})
+    heights = sorted({*_HEIGHTS, settings.default_height})
     if not (_DIST / "jobs.js").is_file():
         logger.warning(
             "jobs page assets are missing from %s; run `make assets` (needs Node.js 20+)", _DIST
@@ -46,10 +46,10 @@ def create_jobs_blueprint(
     def jobs() -> str:
         return render_template(
             "jobs.html",
-            max_upload_mb=max_upload_mb,
+            max_upload_mb=settings.max_upload_mb,
             heights=heights,
-            default_height=default_height,
-            default_thumbnails=default_thumbnails,
+            default_height=settings.default_height,
+            default_thumbnails=settings.default_thumbnails,
             max_thumbnails=max_thumbnails,
         )
 

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 from flask import Flask
 
+from scheduler.config import load_settings
 from scheduler.web import create_jobs_blueprint
 
 
 def _client(default_height: int = 480, max_upload_mb: int = 500):
-    app = Flask(__name__)
-    app.register_blueprint(
-        create_jobs_blueprint(
-            max_upload_mb=max_upload_mb,
-            default_height=default_height,
-            default_thumbnails=3,
-            max_thumbnails=100,
-        )
+    settings = replace(
+        load_settings({}), default_height=default_height, max_upload_mb=max_upload_mb
     )
+    app = Flask(__name__)
+    app.register_blueprint(create_jobs_blueprint(settings, max_thumbnails=100))
     return app.test_client()
 
 
