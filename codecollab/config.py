@@ -1,0 +1,177 @@
+"""Settings of the CodeCollab editor, read once from the environment (and ``.env``).
+
+Every setting is an environment variable with the prefix ``CODECOLLAB_`` except ``HOST`` and
+``PORT``, which follow the usual convention of process managers. ``load_settings()`` validates
+every value at start-up and raises ``envconfig.ConfigError`` naming the variable and the fix.
+The table of variables with their defaults is in ``.env.example`` at the repository root.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from envconfig import (
+    ConfigError,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    load_env,
+    repo_root,
+)
+
+ASYNC_MODES = ("gevent", "eventlet", "threading")
+SQLITE_SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings of one editor process. Sizes are bytes, durations seconds."""
+
+    host: str = "127.0.0.1"
+    port: int = 3000
+    async_mode: str = "gevent"
+    log_level: str = "INFO"
+
+    # Storage
+    database_path: Path = field(default_factory=lambda: repo_root() / "var" / "codecollab.db")
+    sqlite_synchronous: str = "NORMAL"
+    compact_after_updates: int = 500
+    compact_interval: float = 30.0
+    idle_unload_after: float = 60.0
+    sweep_interval: float = 5.0
+
+    # Documents and messages
+    doc_max_bytes: int = 2 * MIB
+    max_message_bytes: int = 4 * MIB
+    awareness_max_bytes: int = 64 * 1024
+    seed_language: str = "python"
+
+    # Socket.IO transport
+    ping_interval: float = 5.0
+    ping_timeout: float = 4.0
+    cors_allowed_origins: tuple[str, ...] = ()
+
+    # Rate limits (ratelimiter policy strings)
+    http_rate_limit: str = "300/minute, burst 100"
+    connect_rate_limit: str = "120/minute, burst 60"
+    socket_rate_limit: str = "100/second, burst 300"
+    socket_throttle_max_pending: int = 50
+    rate_limit_storage: str = "memory://"
+    proxy_count: int = 0
+
+    @property
+    def presence_drop_timeout(self) -> float:
+        """Worst-case seconds until a silently dropped client is removed from presence.
+
+        The server pings every ``ping_interval`` and its service task checks each socket once
+        per ``ping_timeout``, so an unanswered ping is noticed at most ``2 * ping_timeout``
+        after it was sent.
+        """
+        return self.ping_interval + 2 * self.ping_timeout
+
+
+def read_async_mode(environ: Mapping[str, str] | None = None) -> str:
+    """Read ``CODECOLLAB_ASYNC_MODE`` alone, so ``app.py`` can monkey-patch before importing."""
+    mode = env_str("CODECOLLAB_ASYNC_MODE", "gevent", environ).lower()
+    if mode not in ASYNC_MODES:
+        raise ConfigError(
+            f"CODECOLLAB_ASYNC_MODE={mode!r} is not supported; use one of {', '.join(ASYNC_MODES)}"
+        )
+    return mode
+
+
+def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
+    """Read and validate every setting.
+
+    :param environ: variables to read instead of ``os.environ`` (tests pass a dict).
+    :param dotenv: load ``.env`` at the repository root first; only used with ``os.environ``.
+    :raises ConfigError: on the first invalid value.
+    """
+    if environ is None and dotenv:
+        load_env()
+
+    def choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = env_str(name, default, environ).upper()
+        if value not in allowed:
+            raise ConfigError(f"{name}={value!r} is not valid; use one of {', '.join(allowed)}")
+        return value
+
+    doc_max_bytes = env_int("CODECOLLAB_DOC_MAX_BYTES", 2 * MIB, minimum=1024, environ=environ)
+    max_message_bytes = env_int(
+        "CODECOLLAB_MAX_MESSAGE_BYTES", 2 * doc_max_bytes, minimum=1024, environ=environ
+    )
+    if max_message_bytes <= doc_max_bytes:
+        raise ConfigError(
+            f"CODECOLLAB_MAX_MESSAGE_BYTES={max_message_bytes} must be larger than "
+            f"CODECOLLAB_DOC_MAX_BYTES={doc_max_bytes}, so that an oversized edit reaches the "
+            "server and gets a doc_too_large error instead of a silent disconnect"
+        )
+
+    origins = tuple(env_list("CODECOLLAB_CORS_ALLOWED_ORIGINS", [], environ))
+    for origin in origins:
+        if origin == "*" or "://" not in origin:
+            raise ConfigError(
+                f"CODECOLLAB_CORS_ALLOWED_ORIGINS contains {origin!r}; list full origins such "
+                "as https://editor.example.com ('*' is not allowed)"
+            )
+
+    database_path = Path(
+        env_str("CODECOLLAB_DATABASE_PATH", str(repo_root() / "var" / "codecollab.db"), environ)
+    )
+    if not database_path.is_absolute():
+        # Relative paths are taken from the repository root, so `cd codecollab && python app.py`
+        # and `make run` from the root use the same file.
+        database_path = repo_root() / database_path
+
+    ping_interval = env_float(
+        "CODECOLLAB_PING_INTERVAL", 5.0, minimum=0.1, maximum=60.0, environ=environ
+    )
+    ping_timeout = env_float(
+        "CODECOLLAB_PING_TIMEOUT", 4.0, minimum=0.1, maximum=60.0, environ=environ
+    )
+
+    return Settings(
+        host=env_str("HOST", "127.0.0.1", environ),
+        port=env_int("PORT", 3000, minimum=0, maximum=65535, environ=environ),
+        async_mode=read_async_mode(environ),
+        log_level=choice("CODECOLLAB_LOG_LEVEL", "INFO", LOG_LEVELS),
+        database_path=database_path,
+        sqlite_synchronous=choice(
+            "CODECOLLAB_SQLITE_SYNCHRONOUS", "NORMAL", SQLITE_SYNCHRONOUS_MODES
+        ),
+        compact_after_updates=env_int(
+            "CODECOLLAB_COMPACT_AFTER_UPDATES", 500, minimum=1, environ=environ
+        ),
+        compact_interval=env_float(
+            "CODECOLLAB_COMPACT_INTERVAL", 30.0, minimum=0.1, environ=environ
+        ),
+        idle_unload_after=env_float(
+            "CODECOLLAB_IDLE_UNLOAD_AFTER", 60.0, minimum=0.1, environ=environ
+        ),
+        sweep_interval=env_float("CODECOLLAB_SWEEP_INTERVAL", 5.0, minimum=0.05, environ=environ),
+        doc_max_bytes=doc_max_bytes,
+        max_message_bytes=max_message_bytes,
+        awareness_max_bytes=env_int(
+            "CODECOLLAB_AWARENESS_MAX_BYTES", 64 * 1024, minimum=256, environ=environ
+        ),
+        seed_language=env_str("CODECOLLAB_SEED_LANGUAGE", "python", environ),
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        cors_allowed_origins=origins,
+        http_rate_limit=env_str("CODECOLLAB_HTTP_RATE_LIMIT", "300/minute, burst 100", environ),
+        connect_rate_limit=env_str(
+            "CODECOLLAB_CONNECT_RATE_LIMIT", "120/minute, burst 60", environ
+        ),
+        socket_rate_limit=env_str("CODECOLLAB_SOCKET_RATE_LIMIT", "100/second, burst 300", environ),
+        socket_throttle_max_pending=env_int(
+            "CODECOLLAB_SOCKET_THROTTLE_MAX_PENDING", 50, minimum=1, environ=environ
+        ),
+        rate_limit_storage=env_str("CODECOLLAB_RATE_LIMIT_STORAGE", "memory://", environ),
+        proxy_count=env_int("CODECOLLAB_PROXY_COUNT", 0, minimum=0, maximum=10, environ=environ),
+    )

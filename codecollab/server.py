@@ -1,0 +1,198 @@
+"""Assembly of the editor: Flask app, Socket.IO server, storage, rooms, limits and routes."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, request
+from flask_socketio import SocketIO
+from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
+
+from codecollab.config import Settings, load_settings
+from codecollab.documents import RoomManager, RoomSettings
+from codecollab.storage import DocumentStore
+from codecollab.throttling import Limits, build_limits
+from codecollab.transport import EditorTransport
+from codecollab.web.api import api
+from codecollab.web.routes import page_not_found, pages
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EditorServer:
+    """A configured editor process, ready to ``run()``."""
+
+    settings: Settings
+    app: Flask
+    socketio: SocketIO
+    store: DocumentStore
+    rooms: RoomManager
+    limits: Limits
+    transport: EditorTransport
+    _stopping: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        """Serve until interrupted (Ctrl-C or SIGTERM), then compact every loaded session."""
+        self._install_signal_handlers()
+        self.socketio.start_background_task(self._sweep_forever)
+        logger.info(
+            "CodeCollab listening on http://%s:%d (async mode %s, database %s)",
+            self.settings.host,
+            self.settings.port,
+            self.settings.async_mode,
+            self.settings.database_path,
+        )
+        try:
+            self.socketio.run(
+                self.app,
+                host=self.settings.host,
+                port=self.settings.port,
+                log_output=False,
+                allow_unsafe_werkzeug=True,
+            )
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop the sweeper, compact every loaded session and close storage."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        logger.info("shutting down: compacting %d loaded sessions", self.rooms.loaded_count())
+        self.rooms.close()
+        self.store.close()
+        logger.info("CodeCollab stopped")
+
+    def _sweep_forever(self) -> None:
+        while not self._stopping.is_set():
+            self.socketio.sleep(self.settings.sweep_interval)
+            if self._stopping.is_set():
+                break
+            try:
+                self.rooms.sweep()
+            except Exception:
+                logger.exception(
+                    "sweeping sessions failed; retrying in %.1f s", self.settings.sweep_interval
+                )
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if self.settings.async_mode == "gevent":
+            import gevent
+
+            # gevent runs signal handlers in its hub; stopping the WSGI server makes
+            # socketio.run() return normally.
+            gevent.signal_handler(signal.SIGTERM, self._stop_gevent)
+            return
+
+        def stop(signum: int, _frame: Any) -> None:
+            logger.info("received signal %d, stopping", signum)
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)
+
+    def _stop_gevent(self) -> None:
+        logger.info("received SIGTERM, stopping")
+        self.socketio.wsgi_server.stop()
+
+
+def create_server(settings: Settings) -> EditorServer:
+    """Build the editor from ``settings`` without starting it."""
+    app = Flask("codecollab")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_message_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    socketio = SocketIO(
+        app,
+        async_mode=settings.async_mode,
+        cors_allowed_origins=_origin_checker(settings),
+        max_http_buffer_size=settings.max_message_bytes,
+        ping_interval=settings.ping_interval,
+        ping_timeout=settings.ping_timeout,
+        logger=False,
+        engineio_logger=False,
+    )
+
+    store = DocumentStore(settings.database_path, settings.sqlite_synchronous)
+    rooms = RoomManager(
+        store,
+        RoomSettings(
+            doc_max_bytes=settings.doc_max_bytes,
+            compact_after_updates=settings.compact_after_updates,
+            compact_interval=settings.compact_interval,
+            idle_unload_after=settings.idle_unload_after,
+            seed_language=settings.seed_language,
+        ),
+    )
+    limits = build_limits(app, settings)
+    transport = EditorTransport(socketio, rooms, limits, settings)
+    server = EditorServer(settings, app, socketio, store, rooms, limits, transport)
+    app.extensions["codecollab"] = server
+
+    app.register_blueprint(pages)
+    app.register_blueprint(api)
+    _register_error_handlers(app, settings)
+    return server
+
+
+def _origin_checker(settings: Settings) -> Any:
+    """Return the Socket.IO origin check: the page's own origin plus the allow-list."""
+    allowed = set(settings.cors_allowed_origins)
+
+    def origin_allowed(origin: str | None, environ: Mapping[str, Any]) -> bool:
+        if origin in allowed:
+            return True
+        if origin is None:
+            return False
+        scheme = environ.get("wsgi.url_scheme", "http")
+        host = environ.get("HTTP_HOST", "")
+        if settings.proxy_count > 0:
+            # Behind trusted proxies the browser sees the proxy's scheme and host.
+            scheme = environ.get("HTTP_X_FORWARDED_PROTO", scheme).split(",")[0].strip()
+            host = environ.get("HTTP_X_FORWARDED_HOST", host).split(",")[0].strip()
+        same_origin = origin == f"{scheme}://{host}"
+        if not same_origin:
+            logger.warning("rejected Socket.IO request from origin %s", origin)
+        return same_origin
+
+    return origin_allowed
+
+
+def _register_error_handlers(app: Flask, settings: Settings) -> None:
+    app.register_error_handler(404, page_not_found)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(_error: RequestEntityTooLarge) -> tuple[dict[str, str], int]:
+        return {
+            "error": f"The request body exceeds {settings.max_message_bytes:,} bytes; "
+            "send less text"
+        }, 413
+
+    @app.errorhandler(InternalServerError)
+    def internal_error(error: InternalServerError) -> tuple[dict[str, str], int]:
+        original = getattr(error, "original_exception", None)
+        logger.error("unhandled error on %s %s", request.method, request.path, exc_info=original)
+        return {"error": "Internal server error; the details are in the server log"}, 500
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> tuple[dict[str, str], int]:
+        return {"error": f"{error.name}: {error.description}"}, error.code or 500
+
+
+def main() -> None:
+    """Read the settings, configure logging and serve."""
+    settings = load_settings()
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    create_server(settings).run()

@@ -1,0 +1,366 @@
+"""Socket.IO transport: connection handshake, the ``sync`` and ``awareness`` events, presence.
+
+The wire protocol is described in ``docs/protocol.md``. In short: a client connects with
+``auth = {session, clientId, name}``, the server sends its sync step 1, every stored awareness
+state and the room's presence, and from then on ``sync`` and ``awareness`` carry binary
+y-protocols messages both ways. Each client ``sync`` message is acknowledged with
+``{"ok": true}`` only after the server applied and stored it, or with ``{"ok": false, "error":
+code, "message": text}``; the same failure also arrives as an ``error`` event.
+
+Messages are rate-limited per connection. Over the limit, ``sync`` messages wait for a token
+(so no edit is dropped) and ``awareness`` messages are dropped (the next one supersedes them).
+A connection with too many messages waiting is disconnected; on reconnecting, the sync
+handshake sends everything the server lacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from flask import request
+from flask_socketio import ConnectionRefusedError, SocketIO, disconnect, emit, join_room
+
+from codecollab.config import Settings
+from codecollab.documents import Room, RoomManager
+from codecollab.errors import EditorError, InvalidMessage, MessageTooLarge, RateLimited
+from codecollab.presence import Participant, clean_color, clean_display_name, color_for
+from codecollab.session_ids import is_valid_client_id, session_id_problem
+from codecollab.throttling import Limits
+from codecollab.yprotocol import (
+    ProtocolError,
+    SyncMessageType,
+    decode_awareness_update,
+    decode_sync_message,
+    encode_awareness_update,
+    encode_sync_message,
+)
+
+logger = logging.getLogger(__name__)
+
+# A throttled message re-checks its rate limit at most this many times before the connection
+# is treated as a flooder and disconnected.
+MAX_THROTTLE_WAITS = 20
+# Seconds between two rate_limited error events to the same connection.
+RATE_LIMIT_NOTICE_INTERVAL = 1.0
+# Errors of one connection logged at WARNING before the rest go to DEBUG.
+LOGGED_ERRORS_PER_CONNECTION = 5
+
+
+@dataclass
+class Connection:
+    """One live Socket.IO connection and the room it joined."""
+
+    sid: str
+    session_id: str
+    client_id: str
+    ip: str
+    room: Room
+    # Messages currently waiting for a rate-limit token.
+    throttled: int = 0
+    last_limit_notice: float = 0.0
+    errors: int = 0
+    closed: bool = False
+
+
+def room_name(session_id: str) -> str:
+    """Return the Socket.IO room of a session."""
+    return f"session:{session_id}"
+
+
+class EditorTransport:
+    """The Socket.IO event handlers of the editor.
+
+    :param socketio: the server the handlers are registered on (default namespace).
+    :param rooms: the documents the handlers read and change.
+    :param limits: the connection and message rate limiters.
+    :param settings: size caps and throttling settings.
+    """
+
+    def __init__(
+        self, socketio: SocketIO, rooms: RoomManager, limits: Limits, settings: Settings
+    ) -> None:
+        self._socketio = socketio
+        self._rooms = rooms
+        self._limits = limits
+        self._settings = settings
+        self._connections: dict[str, Connection] = {}
+
+        rooms.on_update = self._relay_update
+        socketio.on_event("connect", self.on_connect)
+        socketio.on_event("disconnect", self.on_disconnect)
+        socketio.on_event("sync", self.on_sync)
+        socketio.on_event("awareness", self.on_awareness)
+
+    def connection_count(self) -> int:
+        """Return the number of live connections."""
+        return len(self._connections)
+
+    # Connection lifecycle
+
+    def on_connect(self, auth: Any = None) -> None:
+        """Validate the handshake, join the session's room and send the initial state."""
+        sid = request.sid  # type: ignore[attr-defined]
+        ip = self._limits.client_ip.from_environ(request.environ)
+
+        decision = self._limits.connect.check(ip)
+        if not decision.allowed:
+            logger.warning("rejected connection from %s: connection rate limit exceeded", ip)
+            raise ConnectionRefusedError(
+                f"Too many connection attempts from {ip}; retry in "
+                f"{max(decision.retry_after, 1):.0f} s",
+                {"code": "rate_limited", "retry_after": decision.retry_after},
+            )
+
+        session_id, client_id, name = self._parse_auth(auth, ip)
+        participant = Participant(sid, client_id, name, color_for(client_id))
+        try:
+            room = self._rooms.join(session_id, participant)
+        except EditorError as exc:
+            raise ConnectionRefusedError(str(exc), {"code": exc.code}) from None
+
+        self._connections[sid] = Connection(sid, session_id, client_id, ip, room)
+        join_room(room_name(session_id))
+        emit("sync", encode_sync_message(SyncMessageType.STEP1, room.state_vector()))
+        with room.lock:
+            awareness = room.awareness.snapshot()
+            presence = room.presence.snapshot()
+        if awareness is not None:
+            emit("awareness", awareness)
+        self._socketio.emit("presence", presence, to=room_name(session_id))
+        logger.info(
+            "client connected: session=%s sid=%s client=%s ip=%s users=%d",
+            session_id,
+            sid,
+            client_id,
+            ip,
+            presence["count"],
+        )
+
+    def on_disconnect(self, reason: Any = None) -> None:
+        """Remove the connection's awareness states and update the room's presence."""
+        sid = request.sid  # type: ignore[attr-defined]
+        connection = self._connections.pop(sid, None)
+        if connection is None:
+            return
+        connection.closed = True
+        room = connection.room
+        _participant, removal = self._rooms.leave(room, sid)
+        with room.lock:
+            presence = room.presence.snapshot()
+        target = room_name(connection.session_id)
+        if removal is not None:
+            self._socketio.emit("awareness", removal, to=target, skip_sid=sid)
+        self._socketio.emit("presence", presence, to=target, skip_sid=sid)
+        logger.info(
+            "client disconnected: session=%s sid=%s client=%s reason=%s users=%d",
+            connection.session_id,
+            sid,
+            connection.client_id,
+            reason,
+            presence["count"],
+        )
+
+    def _parse_auth(self, auth: Any, ip: str) -> tuple[str, str, str]:
+        if not isinstance(auth, dict):
+            self._refuse(ip, "invalid_auth", "Connect with auth {session, clientId, name}")
+        session_id = auth.get("session")
+        problem = session_id_problem(session_id)
+        if problem is not None:
+            self._refuse(ip, "invalid_session", f"Invalid session id {session_id!r}: {problem}")
+        client_id = auth.get("clientId")
+        if not is_valid_client_id(client_id):
+            self._refuse(
+                ip,
+                "invalid_client_id",
+                f"Invalid clientId {client_id!r}: use 1 to 64 letters, digits, '-' or '_'",
+            )
+        return session_id, client_id, clean_display_name(auth.get("name"))
+
+    def _refuse(self, ip: str, code: str, message: str) -> None:
+        logger.warning("rejected connection from %s: %s", ip, message)
+        raise ConnectionRefusedError(message, {"code": code})
+
+    # Events
+
+    def on_sync(self, data: Any = None) -> dict[str, Any]:
+        """Handle a sync step 1 (reply with step 2), step 2 or update (apply and store)."""
+        connection = self._connections.get(request.sid)  # type: ignore[attr-defined]
+        if connection is None:
+            return _failure(EditorError("Not connected to a session"))
+        try:
+            self._admit(connection, drop_when_limited=False)
+            message = self._decode(data, decode_sync_message)
+            if message.type is SyncMessageType.STEP1:
+                missing = connection.room.update_since(message.payload)
+                emit("sync", encode_sync_message(SyncMessageType.STEP2, missing))
+            else:
+                self._rooms.apply_update(connection.room, message.payload, origin=connection.sid)
+        except EditorError as exc:
+            self._report(connection, exc)
+            return _failure(exc)
+        except Exception:
+            logger.exception(
+                "session %s: sid=%s sync failed", connection.session_id, connection.sid
+            )
+            failure = EditorError("The server failed to process this message")
+            emit("error", failure.payload())
+            return _failure(failure)
+        return {"ok": True}
+
+    def on_awareness(self, data: Any = None) -> dict[str, Any]:
+        """Store the sender's awareness states and relay them to the rest of the room."""
+        connection = self._connections.get(request.sid)  # type: ignore[attr-defined]
+        if connection is None:
+            return _failure(EditorError("Not connected to a session"))
+        try:
+            self._admit(connection, drop_when_limited=True)
+            if isinstance(data, bytes) and len(data) > self._settings.awareness_max_bytes:
+                raise MessageTooLarge(
+                    f"The awareness update has {len(data):,} bytes; the limit is "
+                    f"{self._settings.awareness_max_bytes:,} bytes"
+                )
+            entries = self._decode(data, decode_awareness_update)
+        except EditorError as exc:
+            self._report(connection, exc)
+            return _failure(exc)
+
+        room = connection.room
+        with room.lock:
+            change = room.awareness.apply(entries, connection.sid)
+            presence = None
+            if self._update_user(room, connection.sid, change.latest_state):
+                presence = room.presence.snapshot()
+        target = room_name(connection.session_id)
+        if change.accepted:
+            relay = data if len(change.accepted) == len(entries) else None
+            relay = relay or encode_awareness_update(change.accepted)
+            self._socketio.emit("awareness", relay, to=target, skip_sid=connection.sid)
+        if presence is not None:
+            self._socketio.emit("presence", presence, to=target)
+        return {"ok": True}
+
+    def _update_user(self, room: Room, sid: str, state: object) -> bool:
+        # y-codemirror.next reads the user's name and colour from awareness `user`; the
+        # presence list follows it, so renaming in the page renames everywhere.
+        if not isinstance(state, dict) or not isinstance(state.get("user"), dict):
+            return False
+        user = state["user"]
+        name = clean_display_name(user["name"]) if "name" in user else None
+        return room.presence.update_user(sid, name, clean_color(user.get("color")))
+
+    def _relay_update(self, room: Room, update: bytes, origin: str | None) -> None:
+        self._socketio.emit(
+            "sync",
+            encode_sync_message(SyncMessageType.UPDATE, update),
+            to=room_name(room.session_id),
+            skip_sid=origin,
+        )
+
+    # Rate limiting
+
+    def _admit(self, connection: Connection, *, drop_when_limited: bool) -> None:
+        """Return once the connection may send one more message.
+
+        :raises RateLimited: when the message is dropped or the connection was disconnected.
+        """
+        decision = self._limits.messages.check(connection.sid)
+        if decision.allowed:
+            return
+        self._notify_limited(connection, decision.retry_after)
+        if drop_when_limited:
+            raise RateLimited("Too many messages; this awareness update was dropped")
+        if connection.throttled >= self._settings.socket_throttle_max_pending:
+            self._disconnect_flooder(connection)
+
+        connection.throttled += 1
+        try:
+            for _ in range(MAX_THROTTLE_WAITS):
+                self._socketio.sleep(max(decision.retry_after, 0.001))
+                if connection.closed:
+                    raise RateLimited("Disconnected for sending too many messages")
+                decision = self._limits.messages.check(connection.sid)
+                if decision.allowed:
+                    return
+        finally:
+            connection.throttled -= 1
+        self._disconnect_flooder(connection)
+
+    def _notify_limited(self, connection: Connection, retry_after: float) -> None:
+        now = time.monotonic()
+        if now - connection.last_limit_notice < RATE_LIMIT_NOTICE_INTERVAL:
+            return
+        connection.last_limit_notice = now
+        logger.warning(
+            "session %s: sid=%s ip=%s exceeds the message rate limit %s",
+            connection.session_id,
+            connection.sid,
+            connection.ip,
+            self._settings.socket_rate_limit,
+        )
+        emit(
+            "error",
+            {
+                "code": RateLimited.code,
+                "message": (
+                    f"Too many messages (limit {self._settings.socket_rate_limit}); "
+                    f"your edits are delayed, retry in {retry_after:.1f} s"
+                ),
+            },
+        )
+
+    def _disconnect_flooder(self, connection: Connection) -> None:
+        if not connection.closed:
+            logger.warning(
+                "session %s: disconnecting sid=%s ip=%s for flooding",
+                connection.session_id,
+                connection.sid,
+                connection.ip,
+            )
+            emit(
+                "error",
+                {
+                    "code": RateLimited.code,
+                    "message": (
+                        "Disconnected for sending too many messages. Reconnect to continue: "
+                        "edits not yet acknowledged are sent again after reconnecting."
+                    ),
+                },
+            )
+            connection.closed = True
+            disconnect(connection.sid)
+        raise RateLimited("Disconnected for sending too many messages")
+
+    # Errors
+
+    def _decode(self, data: Any, decoder: Any) -> Any:
+        if not isinstance(data, bytes):
+            raise InvalidMessage(
+                f"Expected a binary y-protocols message, got {type(data).__name__}"
+            )
+        try:
+            return decoder(data)
+        except ProtocolError as exc:
+            raise InvalidMessage(f"The message could not be decoded: {exc}") from None
+
+    def _report(self, connection: Connection, exc: EditorError) -> None:
+        connection.errors += 1
+        level = (
+            logging.WARNING if connection.errors <= LOGGED_ERRORS_PER_CONNECTION else logging.DEBUG
+        )
+        logger.log(
+            level,
+            "session %s: sid=%s %s: %s",
+            connection.session_id,
+            connection.sid,
+            exc.code,
+            exc,
+        )
+        if not isinstance(exc, RateLimited):
+            emit("error", exc.payload())
+
+
+def _failure(exc: EditorError) -> dict[str, Any]:
+    return {"ok": False, "error": exc.code, "message": str(exc)}

@@ -1,0 +1,1 @@
+"""HTTP side of the editor: page routes and the JSON API."""

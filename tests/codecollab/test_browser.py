@@ -1,0 +1,425 @@
+"""End-to-end tests of the editor page in headless Chromium, driven by Playwright.
+
+Each test module run starts the real editor (``cd codecollab && python app.py``) on a free
+loopback port with a temporary SQLite file, and drives Debian's Chromium through Playwright's
+``executable_path``, so no browser is downloaded. The built assets must exist: ``make test``
+builds them first. Screenshots go to ``test-artifacts/`` at the repository root.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+APP_DIR = REPO_ROOT / "codecollab"
+BUNDLE = APP_DIR / "static" / "dist" / "app.js"
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+# Small enough that the oversized-paste test stays fast; the production default is 2 MiB.
+DOC_MAX_BYTES = 64 * 1024
+SERVER_START_TIMEOUT_S = 30.0
+READY_TIMEOUT_MS = 15_000
+CONVERGE_TIMEOUT_MS = 15_000
+# A closed tab must leave the counter within 1 s; the margin covers a loaded CI machine.
+TAB_CLOSE_TIMEOUT_MS = 3_000
+
+
+@dataclass(frozen=True)
+class EditorServer:
+    """A running editor process and the URL it serves."""
+
+    base_url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log_tail(self, lines: int = 40) -> str:
+        """Return the last lines of the server's output, for failure messages."""
+        text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_health(server: EditorServer, timeout: float) -> None:
+    """Poll ``/healthz`` until it returns 200, or fail with the server's log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            pytest.fail(
+                f"editor server exited with {server.process.returncode}:\n{server.log_tail()}"
+            )
+        try:
+            with urllib.request.urlopen(f"{server.base_url}/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"editor server did not become healthy in {timeout}s:\n{server.log_tail()}")
+
+
+@pytest.fixture(scope="module")
+def editor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EditorServer]:
+    """The real editor on a free port, with its own database and a 64 KiB document cap."""
+    if not BUNDLE.exists():
+        pytest.fail(f"{BUNDLE} is missing: build the frontend with `make assets`")
+
+    workdir = tmp_path_factory.mktemp("codecollab-browser")
+    port = free_port()
+    env = {
+        **os.environ,
+        "CODECOLLAB_HOST": "127.0.0.1",
+        "CODECOLLAB_PORT": str(port),
+        "CODECOLLAB_DATABASE_PATH": str(workdir / "codecollab.db"),
+        "CODECOLLAB_DOC_MAX_BYTES": str(DOC_MAX_BYTES),
+        # Every test shares 127.0.0.1, and one page load fetches about ten static files.
+        "CODECOLLAB_HTTP_RATE_LIMIT": "6000/minute, burst 1000",
+        "CODECOLLAB_CONNECT_RATE_LIMIT": "600/minute, burst 100",
+    }
+    log_path = workdir / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "app.py"], cwd=APP_DIR, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    server = EditorServer(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        wait_for_health(server, SERVER_START_TIMEOUT_S)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_path: str) -> Iterator[playwright_api.Browser]:
+    """One headless Chromium for the module; each test opens its own contexts."""
+    with playwright_api.sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def session_url(editor_server: EditorServer) -> str:
+    """URL of a fresh session, so tests never see each other's text."""
+    return f"{editor_server.base_url}/s/{secrets.token_urlsafe(16)}"
+
+
+@pytest.fixture
+def open_tab(browser: playwright_api.Browser) -> Iterator:
+    """Return ``open_tab(url, name=None, **context_options)``, which opens ``url`` in a new
+    browser context (a separate user) and waits until the editor is editable. Every context
+    closes when the test ends."""
+    contexts: list[playwright_api.BrowserContext] = []
+
+    def open_editor(url: str, *, name: str | None = None, **context_options) -> playwright_api.Page:
+        context = browser.new_context(**context_options)
+        contexts.append(context)
+        if name is not None:
+            context.add_init_script(f"localStorage.setItem('codecollab.name', {name!r})")
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_selector("#editor[data-ready='true']", timeout=READY_TIMEOUT_MS)
+        return page
+
+    yield open_editor
+    for context in contexts:
+        context.close()
+
+
+def editor_text(page: playwright_api.Page) -> str:
+    """Return the text CodeMirror shows (its state, not the DOM, which hides long lines)."""
+    return page.evaluate("window.codecollab.editor.view.state.doc.toString()")
+
+
+def start_typing_in_page(page: playwright_api.Page, text: str, interval_ms: int) -> None:
+    """Type ``text`` at the end of the document from a timer inside the page, without waiting.
+
+    Two pages typing this way run at the same time in two renderer processes, which the
+    synchronous Playwright API cannot do with real key presses.
+    """
+    page.evaluate(
+        """([text, interval]) => {
+            const view = window.codecollab.editor.view
+            const chars = [...text]
+            window.typingDone = false
+            const timer = setInterval(() => {
+                const char = chars.shift()
+                if (char === undefined) {
+                    clearInterval(timer)
+                    window.typingDone = true
+                    return
+                }
+                const end = view.state.doc.length
+                view.dispatch({ changes: { from: end, insert: char }, userEvent: 'input.type' })
+            }, interval)
+        }""",
+        [text, interval_ms],
+    )
+
+
+def wait_for_same_text(pages: list[playwright_api.Page]) -> list[str]:
+    """Wait until every page shows the same text; return the texts seen last."""
+    deadline = time.monotonic() + CONVERGE_TIMEOUT_MS / 1000
+    texts = [editor_text(page) for page in pages]
+    while len(set(texts)) > 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        texts = [editor_text(page) for page in pages]
+    return texts
+
+
+def save_screenshot(page: playwright_api.Page, name: str) -> Path:
+    """Save a screenshot under test-artifacts/ and return its path."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path))
+    return path
+
+
+def fetch_server_text(editor_server: EditorServer, url: str) -> str:
+    """Return the session's text from the HTTP API, as curl would see it."""
+    session_id = url.rsplit("/", 1)[1]
+    api = f"{editor_server.base_url}/api/sessions/{session_id}/text"
+    with urllib.request.urlopen(api, timeout=5) as response:
+        return response.read().decode("utf-8")
+
+
+def test_two_tabs_converge(open_tab, session_url, editor_server):
+    first = open_tab(session_url, name="Ada")
+    second = open_tab(session_url, name="Grace")
+    initial = editor_text(first)
+
+    # A marker both tabs have seen splits the document, so "start" and "end" differ even when
+    # the session starts empty.
+    first.click(".cm-content")
+    first.keyboard.press("Control+End")
+    first.keyboard.type("|")
+    second.wait_for_function(
+        "window.codecollab.editor.view.state.doc.toString().endsWith('|')",
+        timeout=CONVERGE_TIMEOUT_MS,
+    )
+    middle = initial + "|"
+
+    # Phase 1: real key presses, interleaved, at opposite ends of the document.
+    first.keyboard.press("Control+Home")
+    second.click(".cm-content")
+    second.keyboard.press("Control+End")
+    first_words = ["alpha ", "beta ", "gamma ", "delta "]
+    second_words = [" one", " two", " three", " four"]
+    for first_word, second_word in zip(first_words, second_words, strict=True):
+        first.keyboard.type(first_word)
+        second.keyboard.type(second_word)
+
+    # Phase 2: both pages type at the same time at the same place, the end of the document.
+    first_burst = "x" * 30 + "é🙂"
+    second_burst = "y" * 30 + "字👍"
+    start_typing_in_page(first, first_burst, 15)
+    start_typing_in_page(second, second_burst, 15)
+    for page in (first, second):
+        page.wait_for_function("window.typingDone === true", timeout=CONVERGE_TIMEOUT_MS)
+
+    texts = wait_for_same_text([first, second])
+    save_screenshot(first, "codecollab-two-tabs.png")
+
+    assert texts[0] == texts[1], f"tabs diverged:\n{texts[0]!r}\n{texts[1]!r}"
+    head = "".join(first_words) + middle + "".join(second_words)
+    assert texts[0].startswith(head)
+    typed = collections.Counter(first_burst + second_burst)
+    tail = texts[0][len(head) :]
+    assert collections.Counter(tail) == typed, f"burst characters lost or duplicated: {tail!r}"
+    assert fetch_server_text(editor_server, session_url) == texts[0]
+
+
+def test_counter_two_then_one(open_tab, session_url):
+    first = open_tab(session_url, name="Ada")
+    second = open_tab(session_url, name="Grace")
+
+    first.wait_for_function(
+        "document.getElementById('user-count').textContent === '2'", timeout=READY_TIMEOUT_MS
+    )
+    assert first.locator("#avatars > li").count() == 2
+    assert second.text_content("#user-count") == "2"
+
+    second.context.close()
+    started = time.monotonic()
+    first.wait_for_function(
+        "document.getElementById('user-count').textContent === '1'", timeout=TAB_CLOSE_TIMEOUT_MS
+    )
+    elapsed = time.monotonic() - started
+
+    assert first.locator("#avatars > li").count() == 1
+    assert elapsed < TAB_CLOSE_TIMEOUT_MS / 1000
+
+
+def test_name_shown_as_text(open_tab, session_url):
+    hostile = '<img src=x onerror="window.injected=1">'
+    viewer = open_tab(session_url, name="Viewer")
+    open_tab(session_url, name=hostile)
+
+    avatar = viewer.locator("#avatars > li", has_text=hostile)
+    avatar.wait_for(timeout=READY_TIMEOUT_MS)
+
+    assert viewer.locator("#avatars img").count() == 0
+    assert viewer.evaluate("window.injected === undefined")
+    assert hostile in avatar.get_attribute("title")
+
+
+def test_undo_only_own_edits(open_tab, session_url):
+    mine = open_tab(session_url)
+    theirs = open_tab(session_url)
+    initial = editor_text(mine)
+
+    mine.click(".cm-content")
+    mine.keyboard.press("Control+End")
+    mine.keyboard.type("mine")
+    mine.wait_for_function("window.codecollab.provider.pending.size === 0")
+    theirs.wait_for_function(
+        "window.codecollab.editor.view.state.doc.toString().endsWith('mine')",
+        timeout=CONVERGE_TIMEOUT_MS,
+    )
+    theirs.click(".cm-content")
+    theirs.keyboard.press("Control+End")
+    theirs.keyboard.type(" theirs")
+    mine.wait_for_function(
+        "window.codecollab.editor.view.state.doc.toString().endsWith(' theirs')",
+        timeout=CONVERGE_TIMEOUT_MS,
+    )
+
+    mine.keyboard.press("Control+z")
+    texts = wait_for_same_text([mine, theirs])
+
+    assert texts[0] == initial + " theirs"
+    assert texts[1] == texts[0]
+
+
+def test_language_shared(open_tab, session_url):
+    first = open_tab(session_url)
+    second = open_tab(session_url)
+
+    first.select_option("#language", "rust")
+    second.wait_for_function(
+        "document.getElementById('language').value === 'rust'", timeout=CONVERGE_TIMEOUT_MS
+    )
+
+    assert second.evaluate("window.codecollab.doc.getMap('meta').get('language')") == "rust"
+
+
+def test_phone_layout_fits(open_tab, session_url):
+    phone = open_tab(
+        session_url,
+        viewport={"width": 375, "height": 740},
+        is_mobile=True,
+        has_touch=True,
+        device_scale_factor=2,
+    )
+    phone.tap(".cm-content")
+    phone.keyboard.type("tap")
+    save_screenshot(phone, "codecollab-phone.png")
+
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 375
+    for selector in (
+        "#language",
+        "#display-name",
+        "#undo",
+        "#copy-link",
+        "#download",
+        "#new-session",
+        "#theme-toggle",
+        "#user-count",
+        "#status",
+    ):
+        box = phone.locator(selector).bounding_box()
+        assert box is not None, f"{selector} is not rendered"
+        assert box["x"] >= 0, f"{selector} starts left of the screen: {box}"
+        assert box["x"] + box["width"] <= 375, f"{selector} ends right of the screen: {box}"
+    assert "tap" in editor_text(phone)
+
+
+def test_oversized_paste_message(open_tab, session_url):
+    writer = open_tab(session_url)
+    peer = open_tab(session_url)
+    before = editor_text(peer)
+
+    writer.click(".cm-content")
+    writer.keyboard.insert_text("z" * (DOC_MAX_BYTES + 16 * 1024))
+    notice = writer.locator("#notices [role='alert']")
+    notice.first.wait_for(timeout=READY_TIMEOUT_MS)
+    save_screenshot(writer, "codecollab-doc-too-large.png")
+
+    assert "larger than the server allows" in notice.first.text_content()
+    assert writer.get_attribute("#status", "data-state") == "rejected"
+    assert writer.evaluate("window.codecollab.provider.socket.connected")
+    assert editor_text(peer) == before
+
+
+def test_invalid_session_404(browser, editor_server):
+    context = browser.new_context()
+    page = context.new_page()
+    response = page.goto(f"{editor_server.base_url}/s/bad!id")
+    heading = page.locator("h1").text_content()
+    context.close()
+
+    assert response.status == 404
+    assert heading == "Session not found"
+
+
+def test_offline_edits_resent(open_tab, session_url):
+    writer = open_tab(session_url)
+    peer = open_tab(session_url)
+
+    # A client-side disconnect stops Socket.IO from reconnecting until connect() is called.
+    writer.evaluate("window.codecollab.provider.socket.disconnect()")
+    writer.click(".cm-content")
+    writer.keyboard.press("Control+End")
+    writer.keyboard.type("written offline")
+    offline_state = writer.get_attribute("#status", "data-state")
+    offline_label = writer.text_content("#status-text")
+
+    writer.evaluate("window.codecollab.provider.socket.connect()")
+    writer.wait_for_function(
+        "document.getElementById('status').dataset.state === 'connected'",
+        timeout=CONVERGE_TIMEOUT_MS,
+    )
+    texts = wait_for_same_text([writer, peer])
+
+    assert offline_state == "unsent"
+    assert offline_label == "Offline, unsent edits"
+    assert texts[0].endswith("written offline")
+    assert texts[1] == texts[0]
