@@ -181,10 +181,17 @@ def test_redis_asgi_middleware(make_limiter) -> None:
 # Outages
 
 
-def free_port() -> int:
+# Upper bound of one check against a failed Redis with the default 0.1 s timeout; the margin
+# covers a loaded 2-core CI machine.
+OUTAGE_BOUND_S = 0.5
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that is bound but not listening, so every connection is refused."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        yield sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -224,14 +231,14 @@ def timed_check(limiter: RateLimiter) -> tuple[float, object]:
 
 
 @pytest.mark.parametrize(("setting", "allowed"), [("allow", True), ("deny", False)])
-def test_outage_closed_port(setting: str, allowed: bool) -> None:
+def test_outage_closed_port(setting: str, allowed: bool, closed_port: int) -> None:
     limiter = RateLimiter(
-        "1/minute", storage=f"redis://127.0.0.1:{free_port()}/0", on_storage_error=setting
+        "1/minute", storage=f"redis://127.0.0.1:{closed_port}/0", on_storage_error=setting
     )
     elapsed, decision = timed_check(limiter)
     assert decision.allowed is allowed
     assert decision.storage_error is True
-    assert elapsed < 0.3
+    assert elapsed < OUTAGE_BOUND_S
 
 
 @pytest.mark.parametrize(("setting", "allowed"), [("allow", True), ("deny", False)])
@@ -243,7 +250,7 @@ def test_outage_silent_listener(setting: str, allowed: bool, silent_listener: in
         elapsed, decision = timed_check(limiter)
         assert decision.allowed is allowed
         assert decision.storage_error is True
-        assert elapsed < 0.35
+        assert elapsed < OUTAGE_BOUND_S
 
 
 def test_outage_silent_listener_async(silent_listener: int) -> None:
@@ -258,7 +265,7 @@ def test_outage_silent_listener_async(silent_listener: int) -> None:
 
     elapsed, decision = asyncio.run(run())
     assert decision.allowed is False
-    assert elapsed < 0.35
+    assert elapsed < OUTAGE_BOUND_S
 
 
 def test_outage_custom_timeout(silent_listener: int) -> None:
@@ -267,12 +274,12 @@ def test_outage_custom_timeout(silent_listener: int) -> None:
     assert 0.25 < elapsed < 0.8
 
 
-def test_outage_flask_deny_503() -> None:
+def test_outage_flask_deny_503(closed_port: int) -> None:
     app = Flask(__name__)
     limiter = Limiter(
         app,
         default_limits="10/minute",
-        storage=f"redis://127.0.0.1:{free_port()}/0",
+        storage=f"redis://127.0.0.1:{closed_port}/0",
         on_storage_error="deny",
     )
     app.add_url_rule("/", "index", lambda: "hi")
