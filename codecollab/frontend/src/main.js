@@ -21,11 +21,12 @@ const STATUS_TEXT = {
   rejected: 'Edits not saved',
 }
 
-// User-facing text for the server's error codes; other codes show the server's message.
-const ERROR_TEXT = {
-  doc_too_large: 'This edit would make the document larger than the server allows, so it was not saved. Remove some text and try again.',
-  rate_limited: 'You are sending changes too fast. The server paused your connection for a moment.',
+// What the page says when the server rejects an edit. Its later edits could depend on text the
+// server never stored, so the editor turns read-only and the user keeps a copy by downloading.
+const REJECTED_TEXT = {
+  doc_too_large: 'This edit would make the document larger than the server allows, so it was not saved.',
 }
+const REJECTED_ADVICE = 'The editor is now read-only: download the file to keep your copy, then reload to return to the saved version.'
 
 function byId(id) {
   return document.getElementById(id)
@@ -94,14 +95,15 @@ function start() {
   byId('name-swatch').style.backgroundColor = colorFor(clientId)
 
   provider.on('server-error', ({ code, message }) => {
-    const text = ERROR_TEXT[code] || message || 'The server reported an error.'
+    // A rejected edit also arrives as an ack, whose banner then replaces this toast.
     const id = code === 'doc_too_large' ? 'edit-rejected' : `error-${code ?? 'unknown'}`
-    showNotice({ message: text, kind: 'error', id, timeout: code === 'doc_too_large' ? null : 8000 })
+    showNotice({ message: message || 'The server reported an error.', kind: 'error', id, timeout: 10000 })
   })
   provider.on('rejected', ({ code, message }) => {
-    const text = ERROR_TEXT[code] || `The server did not save your edit: ${message}`
+    editor.setEditable(false)
+    const reason = REJECTED_TEXT[code] || `The server did not save your edit: ${message}`
     showNotice({
-      message: `${text} Reload to get the last saved version.`,
+      message: `${reason} ${REJECTED_ADVICE}`,
       kind: 'error',
       id: 'edit-rejected',
       timeout: null,
