@@ -21,7 +21,7 @@ const STATUS_TEXT = {
   rejected: 'Edits not saved',
 }
 
-// What the page says when the server rejects an edit. Its later edits could depend on text the
+// Notice text for an edit the server rejected. Later edits could depend on text the
 // server never stored, so the editor turns read-only and the user keeps a copy by downloading.
 const REJECTED_TEXT = {
   doc_too_large: 'This edit would make the document larger than the server allows, so it was not saved.',
