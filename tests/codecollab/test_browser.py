@@ -430,6 +430,23 @@ def test_oversized_paste_message(open_tab, session_url):
     assert editor_text(peer) == before
 
 
+def test_paste_over_message_limit(open_tab, session_url):
+    writer = open_tab(session_url)
+    before = editor_text(writer)
+    # The server's default message limit is twice the document cap.
+    oversized = "m" * (2 * DOC_MAX_BYTES + 1024)
+
+    writer.click(".cm-content")
+    paste_text(writer, oversized)
+    notice = writer.locator("#notices [role='alert']")
+    notice.first.wait_for(timeout=READY_TIMEOUT_MS)
+
+    assert "more than" in notice.first.text_content()
+    assert editor_text(writer) == before
+    assert writer.evaluate("window.codecollab.provider.socket.connected")
+    assert writer.get_attribute("#status", "data-state") == "connected"
+
+
 def test_invalid_session_404(browser, editor_server):
     context = browser.new_context()
     page = context.new_page()

@@ -62,18 +62,27 @@ function start() {
 
   // Tracks only edits made through this editor, so undo never reverts a peer's work.
   const undoManager = new Y.UndoManager(ytext)
+  const provider = new SocketIOProvider({
+    doc,
+    awareness,
+    auth: () => ({ session: sessionId, clientId, name }),
+  })
   const editor = createEditor({
     parent: byId('editor'),
     ytext,
     awareness,
     undoManager,
     dark: isDark(),
-  })
-
-  const provider = new SocketIOProvider({
-    doc,
-    awareness,
-    auth: () => ({ session: sessionId, clientId, name }),
+    maxMessageBytes: () => provider.maxMessageBytes,
+    onTooLarge(bytes, limit) {
+      const size = (value) => `${(value / (1024 * 1024)).toFixed(1)} MB`
+      showNotice({
+        message: `This change is ${size(bytes)}, more than the ${size(limit)} the server accepts at once, so it was not applied.`,
+        kind: 'error',
+        id: 'change-too-large',
+        timeout: 10000,
+      })
+    },
   })
   window.codecollab = { doc, provider, editor, awareness } // for debugging and the browser tests
 
