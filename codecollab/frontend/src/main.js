@@ -21,6 +21,14 @@ const STATUS_TEXT = {
   rejected: 'Edits not saved',
 }
 
+const STATUS_DETAIL = {
+  connecting: 'Loading the document from the server.',
+  connected: 'Live: your edits are sent as you type and saved by the server.',
+  reconnecting: 'The connection dropped. Your edits are kept and sent when it is back.',
+  unsent: 'Some of your edits are not on the server yet. They are sent when the connection is back; keep this tab open.',
+  rejected: 'The server rejected an edit. Download the file to keep your copy, then reload.',
+}
+
 // Notice text for an edit the server rejected. Later edits could depend on text the
 // server never stored, so the editor turns read-only and the user keeps a copy by downloading.
 const REJECTED_TEXT = {
@@ -130,7 +138,11 @@ function bindStatus(provider, editor) {
   const text = byId('status-text')
   provider.on('status', ({ state }) => {
     status.dataset.state = state
+    status.title = STATUS_DETAIL[state]
     text.textContent = STATUS_TEXT[state]
+  })
+  provider.socket.on('connect_error', () => {
+    if (!provider.everSynced) byId('loading-text').textContent = 'Cannot reach the server. Retrying…'
   })
   provider.on('synced', (first) => {
     if (!first) return
