@@ -1,0 +1,161 @@
+"""Settings of the scheduler, read once from the environment (and ``.env``).
+
+The producer and the workers both call :func:`load_settings` and pass the result down. Relative
+paths are resolved against the repository root, so ``cd scheduler && python app.py`` and
+``make run`` from the root use the same files.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from envconfig import ConfigError, env_float, env_int, env_str, load_env, repo_root
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_BROKER_SCHEME = "sqla+sqlite"
+
+# Embedded-broker limits, logged at start-up and repeated in the README.
+EMBEDDED_BROKER_LIMITS = (
+    "embedded broker (kombu SQLAlchemy transport on SQLite) in use: a message claimed by a "
+    "worker that is killed with SIGKILL is lost, broadcast is not supported (so `celery "
+    "inspect` and `celery control` do nothing), and dead-lettering does not exist. Set "
+    "CELERY_BROKER_URL=amqp://... to use RabbitMQ."
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the producer and the workers."""
+
+    host: str
+    port: int
+    # Folder of the embedded broker, the result database, the task store and beat's schedule.
+    state_dir: Path
+    broker_url: str
+    result_backend: str
+    # Folder for uploads (``uploads/``) and task outputs (``<task_id>/``).
+    media_root: Path
+    # SQLite file of the task store: every accepted task, its state and its result.
+    task_db: Path
+    # Folder where ``send_emails`` writes ``.eml`` files when ``smtp_url`` is empty.
+    outbox: Path
+    smtp_url: str
+    smtp_from: str
+    max_upload_mb: int
+    default_height: int
+    default_thumbnails: int
+    x264_preset: str
+    x264_crf: int
+    video_queue: str
+    io_queue: str
+    dead_letter_queue: str
+    # Seconds a POST may spend reaching the broker before the POST returns 503.
+    publish_timeout: float
+    # Rate-limit policies in the ratelimiter syntax, e.g. "5/minute, burst 5".
+    video_rate_limit: str
+    post_rate_limit: str
+    rate_limit_storage: str
+    video_soft_time_limit: int
+    video_time_limit: int
+    io_soft_time_limit: int
+    io_time_limit: int
+    # RabbitMQ's consumer_timeout in seconds; every hard time limit must stay below it.
+    consumer_timeout: int
+    max_retries: int
+    # Deliveries of one task (redeliveries after a lost worker included) before it fails.
+    max_deliveries: int
+    result_expires_days: int
+    output_retention_days: int
+    cleanup_interval: float
+    dispatch_interval: float
+    smtp_timeout: float
+
+    @property
+    def embedded_broker(self) -> bool:
+        """Whether the broker is the embedded SQLite database instead of a server."""
+        return self.broker_url.startswith(EMBEDDED_BROKER_SCHEME)
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Folder that receives uploaded videos before they are processed."""
+        return self.media_root / "uploads"
+
+
+def _resolve(path: str) -> Path:
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else (repo_root() / candidate).resolve()
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings from ``environ`` (default: ``os.environ`` after loading ``.env``).
+
+    :raises ConfigError: when a value is invalid or the time limits exceed the consumer timeout.
+    """
+    if environ is None:
+        load_env()
+    state_dir = _resolve(env_str("SCHEDULER_STATE_DIR", "var/scheduler", environ))
+    default_broker = f"{EMBEDDED_BROKER_SCHEME}:///{state_dir / 'broker.db'}"
+    default_backend = f"db+sqlite:///{state_dir / 'results.db'}"
+
+    settings = Settings(
+        host=env_str("SCHEDULER_HOST", "127.0.0.1", environ),
+        state_dir=state_dir,
+        port=env_int("SCHEDULER_PORT", 5000, minimum=0, maximum=65535, environ=environ),
+        broker_url=env_str("CELERY_BROKER_URL", default_broker, environ),
+        result_backend=env_str("CELERY_RESULT_BACKEND", default_backend, environ),
+        media_root=_resolve(env_str("MEDIA_ROOT", "var/media", environ)),
+        task_db=_resolve(env_str("SCHEDULER_TASK_DB", str(state_dir / "tasks.db"), environ)),
+        outbox=_resolve(env_str("SCHEDULER_OUTBOX", "var/outbox", environ)),
+        smtp_url=env_str("SMTP_URL", "", environ),
+        smtp_from=env_str("SMTP_FROM", "scheduler@localhost", environ),
+        max_upload_mb=env_int("MAX_UPLOAD_MB", 500, minimum=1, environ=environ),
+        default_height=env_int("VIDEO_HEIGHT", 480, minimum=16, maximum=4320, environ=environ),
+        default_thumbnails=env_int("VIDEO_THUMBNAILS", 3, minimum=0, maximum=100, environ=environ),
+        x264_preset=env_str("VIDEO_X264_PRESET", "veryfast", environ),
+        x264_crf=env_int("VIDEO_X264_CRF", 23, minimum=0, maximum=51, environ=environ),
+        video_queue=env_str("SCHEDULER_VIDEO_QUEUE", "video", environ),
+        io_queue=env_str("SCHEDULER_IO_QUEUE", "io", environ),
+        dead_letter_queue=env_str("SCHEDULER_DEAD_LETTER_QUEUE", "dead_letter", environ),
+        publish_timeout=env_float("SCHEDULER_PUBLISH_TIMEOUT", 3.0, minimum=0.1, environ=environ),
+        video_rate_limit=env_str("SCHEDULER_VIDEO_RATE_LIMIT", "5/minute, burst 5", environ),
+        post_rate_limit=env_str("SCHEDULER_POST_RATE_LIMIT", "30/minute, burst 10", environ),
+        rate_limit_storage=env_str("RATELIMIT_STORAGE_URL", "memory://", environ),
+        video_soft_time_limit=env_int("VIDEO_SOFT_TIME_LIMIT", 1500, minimum=1, environ=environ),
+        video_time_limit=env_int("VIDEO_TIME_LIMIT", 1560, minimum=1, environ=environ),
+        io_soft_time_limit=env_int("IO_SOFT_TIME_LIMIT", 240, minimum=1, environ=environ),
+        io_time_limit=env_int("IO_TIME_LIMIT", 300, minimum=1, environ=environ),
+        consumer_timeout=env_int("RABBITMQ_CONSUMER_TIMEOUT", 1800, minimum=1, environ=environ),
+        max_retries=env_int("SCHEDULER_MAX_RETRIES", 5, minimum=0, environ=environ),
+        max_deliveries=env_int("SCHEDULER_MAX_DELIVERIES", 5, minimum=1, environ=environ),
+        result_expires_days=env_int("CELERY_RESULT_EXPIRES_DAYS", 7, minimum=1, environ=environ),
+        output_retention_days=env_int("OUTPUT_RETENTION_DAYS", 7, minimum=1, environ=environ),
+        cleanup_interval=env_float("SCHEDULER_CLEANUP_INTERVAL", 3600, minimum=1, environ=environ),
+        dispatch_interval=env_float("SCHEDULER_DISPATCH_INTERVAL", 2, minimum=0.1, environ=environ),
+        smtp_timeout=env_float("SMTP_TIMEOUT", 10, minimum=0.1, environ=environ),
+    )
+    _check_time_limits(settings)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+def _check_time_limits(settings: Settings) -> None:
+    pairs = [
+        ("VIDEO", settings.video_soft_time_limit, settings.video_time_limit),
+        ("IO", settings.io_soft_time_limit, settings.io_time_limit),
+    ]
+    for prefix, soft, hard in pairs:
+        if soft >= hard:
+            raise ConfigError(
+                f"{prefix}_SOFT_TIME_LIMIT={soft} must be below {prefix}_TIME_LIMIT={hard}"
+            )
+        if hard >= settings.consumer_timeout:
+            raise ConfigError(
+                f"{prefix}_TIME_LIMIT={hard} must be below RABBITMQ_CONSUMER_TIMEOUT="
+                f"{settings.consumer_timeout}, or RabbitMQ closes the channel of a worker "
+                "still running the task; raise consumer_timeout in rabbitmq.conf and set "
+                "RABBITMQ_CONSUMER_TIMEOUT to match"
+            )

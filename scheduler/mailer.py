@@ -1,0 +1,171 @@
+"""E-mail delivery: address checks, SMTP sending, and an ``.eml`` outbox when SMTP is off.
+
+Each recipient gets its own message, so one bad address fails only its own delivery. SMTP
+replies are sorted into transient failures (4xx, lost connections, timeouts), which the
+caller retries, and permanent ones (5xx), which are final for that recipient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import smtplib
+import ssl
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+logger = logging.getLogger(__name__)
+
+# A pragmatic subset of RFC 5322 addr-spec: one @, a dot-atom local part, and a domain of
+# letter-digit-hyphen labels with a top-level label. Quoted local parts are rejected.
+_ADDRESS = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+)
+MAX_ADDRESS_LENGTH = 254
+
+
+def address_error(address: object) -> str | None:
+    """Return why ``address`` is not a usable e-mail address, or ``None`` when it is."""
+    if not isinstance(address, str):
+        return f"recipient {address!r} is not a string"
+    if len(address) > MAX_ADDRESS_LENGTH:
+        return f"address is longer than {MAX_ADDRESS_LENGTH} characters"
+    if not _ADDRESS.match(address):
+        return f"invalid e-mail address {address!r}; expected a form like name@example.com"
+    return None
+
+
+class TransientMailError(Exception):
+    """Delivery failed in a way that may succeed later (4xx reply, network error)."""
+
+
+class PermanentMailError(Exception):
+    """The server rejected the message for good (5xx reply)."""
+
+
+@dataclass(frozen=True)
+class SmtpTarget:
+    """Where and how to connect, parsed from ``SMTP_URL``."""
+
+    host: str
+    port: int
+    use_ssl: bool
+    starttls: bool
+    username: str | None
+    password: str | None
+
+
+def parse_smtp_url(url: str) -> SmtpTarget:
+    """Parse ``smtp://[user:pass@]host[:port][?starttls=1]`` or ``smtps://...``.
+
+    :raises ValueError: for another scheme or a missing host.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps"):
+        raise ValueError(f"SMTP_URL scheme {parts.scheme!r} is not supported; use smtp or smtps")
+    if not parts.hostname:
+        raise ValueError("SMTP_URL has no host; use smtp://host:port")
+    use_ssl = parts.scheme == "smtps"
+    query = parse_qs(parts.query)
+    return SmtpTarget(
+        host=parts.hostname,
+        port=parts.port or (465 if use_ssl else 25),
+        use_ssl=use_ssl,
+        starttls=query.get("starttls", ["0"])[0] in ("1", "true", "yes"),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+def build_message(sender: str, recipient: str, subject: str, body: str) -> EmailMessage:
+    """Build one plain-text message to ``recipient``."""
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = recipient
+    message["Subject"] = subject
+    message["Date"] = formatdate(localtime=False, usegmt=True)
+    message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or "localhost")
+    message.set_content(body)
+    return message
+
+
+class SmtpMailer:
+    """Sends messages through one SMTP connection, opened on first use."""
+
+    def __init__(self, target: SmtpTarget, timeout: float) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._client: smtplib.SMTP | None = None
+
+    def __enter__(self) -> SmtpMailer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._client is not None:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                self._client.quit()
+            self._client = None
+
+    def _connect(self) -> smtplib.SMTP:
+        target = self.target
+        try:
+            if target.use_ssl:
+                client: smtplib.SMTP = smtplib.SMTP_SSL(
+                    target.host,
+                    target.port,
+                    timeout=self.timeout,
+                    context=ssl.create_default_context(),
+                )
+            else:
+                client = smtplib.SMTP(target.host, target.port, timeout=self.timeout)
+                if target.starttls:
+                    client.starttls(context=ssl.create_default_context())
+            if target.username:
+                client.login(target.username, target.password or "")
+        except smtplib.SMTPAuthenticationError as exc:
+            raise PermanentMailError(f"SMTP login failed: {exc.smtp_code}") from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            raise TransientMailError(
+                f"cannot connect to {target.host}:{target.port}: {exc}"
+            ) from exc
+        return client
+
+    def send(self, message: EmailMessage) -> None:
+        """Send one message.
+
+        :raises TransientMailError: for 4xx replies and connection failures.
+        :raises PermanentMailError: for 5xx replies.
+        """
+        if self._client is None:
+            self._client = self._connect()
+        try:
+            self._client.send_message(message)
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, reply = next(iter(exc.recipients.values()))
+            raise _classify(code, reply) from exc
+        except smtplib.SMTPResponseException as exc:
+            raise _classify(exc.smtp_code, exc.smtp_error) from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            self._client = None
+            raise TransientMailError(f"SMTP connection failed: {exc}") from exc
+
+
+def _classify(code: int, reply: bytes | str) -> Exception:
+    text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+    if 400 <= code < 500:
+        return TransientMailError(f"{code} {text}")
+    return PermanentMailError(f"{code} {text}")
+
+
+def write_eml(outbox: Path, index: int, message: EmailMessage) -> Path:
+    """Write ``message`` into ``outbox`` as ``NNN-<recipient>.eml`` and return the path."""
+    outbox.mkdir(parents=True, exist_ok=True)
+    safe = re.sub(r"[^A-Za-z0-9@._+-]", "_", str(message["To"]))
+    path = outbox / f"{index:03d}-{safe}.eml"
+    path.write_bytes(bytes(message))
+    return path

@@ -1,0 +1,223 @@
+"""Fixtures for the scheduler: isolated settings, real Celery workers and a sample clip.
+
+Every test gets its own queue names (from ``unique_prefix``), task store, media folder and
+result database, so runs of other helpers on the same RabbitMQ never share a message.
+Workers are started with the literal command ``celery -A tasks.celery_app worker`` from
+inside ``scheduler/``, as users run them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from kombu import Connection
+
+from envconfig import repo_root
+from scheduler import media
+from scheduler.config import Settings, load_settings
+from scheduler.producer import create_app
+
+SCHEDULER_DIR = repo_root() / "scheduler"
+WORKER_READY_TIMEOUT = 60.0
+# Generous limits so only the rate-limit tests ever see a 429.
+NO_RATE_LIMIT = "100000/second, burst 100000"
+
+
+def scheduler_environ(tmp: Path, broker_url: str, prefix: str) -> dict[str, str]:
+    """Return environment variables that give one test its own queues and files."""
+    return {
+        "CELERY_BROKER_URL": broker_url,
+        "CELERY_RESULT_BACKEND": f"db+sqlite:///{tmp / 'results.db'}",
+        "SCHEDULER_STATE_DIR": str(tmp / "state"),
+        "MEDIA_ROOT": str(tmp / "media"),
+        "SCHEDULER_OUTBOX": str(tmp / "outbox"),
+        "SCHEDULER_VIDEO_QUEUE": f"{prefix}-video",
+        "SCHEDULER_IO_QUEUE": f"{prefix}-io",
+        "SCHEDULER_DEAD_LETTER_QUEUE": f"{prefix}-dlq",
+        "SCHEDULER_VIDEO_RATE_LIMIT": NO_RATE_LIMIT,
+        "SCHEDULER_POST_RATE_LIMIT": NO_RATE_LIMIT,
+        "SCHEDULER_DISPATCH_INTERVAL": "0.5",
+        "SCHEDULER_PUBLISH_TIMEOUT": "2",
+        "SMTP_URL": "",
+    }
+
+
+@pytest.fixture(scope="session")
+def clip_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-second 640x360 H.264/AAC clip generated with PyAV."""
+    path = tmp_path_factory.mktemp("clips") / "clip.mp4"
+    media.generate_clip(path, seconds=3.0, width=640, height=360)
+    return path
+
+
+@pytest.fixture
+def rabbit_env(tmp_path: Path, rabbitmq_url: str, unique_prefix: str) -> Iterator[dict[str, str]]:
+    """Scheduler environment on the real RabbitMQ; deletes the test's queues afterwards."""
+    env = scheduler_environ(tmp_path, rabbitmq_url, unique_prefix)
+    yield env
+    delete_rabbit_entities(rabbitmq_url, unique_prefix)
+
+
+@pytest.fixture
+def embedded_env(tmp_path: Path, unique_prefix: str) -> dict[str, str]:
+    """Scheduler environment on the embedded SQLite broker."""
+    broker = f"sqla+sqlite:///{tmp_path / 'broker.db'}"
+    return scheduler_environ(tmp_path, broker, unique_prefix)
+
+
+def delete_rabbit_entities(url: str, prefix: str) -> None:
+    """Delete the queues and exchanges that one test declared."""
+    with Connection(url, connect_timeout=5) as connection:
+        for suffix in ("video", "io", "dlq"):
+            name = f"{prefix}-{suffix}"
+            for delete in (
+                lambda ch, n=name: ch.queue_delete(n),
+                lambda ch, n=name: ch.exchange_delete(n),
+                lambda ch, n=name: ch.exchange_delete(f"{n}.exchange"),
+            ):
+                # A failed delete closes the channel, so each one gets a fresh channel.
+                channel = connection.channel()
+                try:
+                    delete(channel)
+                except Exception:  # noqa: BLE001 - the entity may not exist
+                    pass
+                finally:
+                    channel.close()
+
+
+def queue_depth(url: str, queue: str) -> int:
+    """Return the number of ready messages in ``queue``."""
+    with Connection(url, connect_timeout=5) as connection:
+        channel = connection.channel()
+        _, count, _ = channel.queue_declare(queue, passive=True)
+        channel.close()
+        return count
+
+
+class WorkerProcess:
+    """A Celery worker started with the documented command, in its own process group."""
+
+    def __init__(self, env: dict[str, str], queues: list[str], name: str, pool: str) -> None:
+        self.name = name
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks.celery_app",
+            "worker",
+            "--loglevel=info",
+            "-Q",
+            ",".join(queues),
+            "-P",
+            pool,
+            "-c",
+            "1",
+            "--hostname",
+            f"{name}@%h",
+            "--without-mingle",
+            "--without-gossip",
+        ]
+        self.process = subprocess.Popen(
+            command,
+            cwd=SCHEDULER_DIR,
+            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+            if " ready." in line:
+                self._ready.set()
+
+    def wait_ready(self, timeout: float = WORKER_READY_TIMEOUT) -> None:
+        """Block until the worker logs that it is ready; fail with its log otherwise."""
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise AssertionError(f"worker {self.name} not ready:\n{self.log()}")
+
+    def log(self) -> str:
+        """Return everything the worker printed so far."""
+        return "".join(self.lines)
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool children at once."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        """Stop the worker at the end of a test.
+
+        Its task store and queues are thrown away, so a graceful shutdown would only cost
+        seconds per test.
+        """
+        self.kill()
+
+
+@pytest.fixture
+def start_worker() -> Iterator[Callable[..., WorkerProcess]]:
+    """Return a function that starts a worker; every worker is stopped after the test."""
+    workers: list[WorkerProcess] = []
+
+    def start(
+        env: dict[str, str],
+        queues: list[str] | None = None,
+        name: str = "worker",
+        pool: str = "prefork",
+        wait: bool = True,
+    ) -> WorkerProcess:
+        names = queues or [env["SCHEDULER_VIDEO_QUEUE"], env["SCHEDULER_IO_QUEUE"]]
+        worker = WorkerProcess(env, names, f"{name}-{len(workers)}", pool)
+        workers.append(worker)
+        if wait:
+            worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def make_client(env: dict[str, str]):  # noqa: ANN201 - FlaskClient
+    """Return ``(settings, app, test client)`` for a producer configured by ``env``."""
+    settings: Settings = load_settings(environ=env)
+    app = create_app(settings)
+    return settings, app, app.test_client()
+
+
+def wait_for_state(client, task_id: str, states: set[str], timeout: float = 60.0) -> dict:  # noqa: ANN001
+    """Poll ``GET /tasks/<id>`` until the state is one of ``states``; return the task JSON."""
+    deadline = time.monotonic() + timeout
+    body: dict = {}
+    while time.monotonic() < deadline:
+        body = client.get(f"/tasks/{task_id}").get_json()
+        if body.get("state") in states:
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"task {task_id} did not reach {states} in {timeout} s: {body}")
+
+
+def upload(client, path: Path, **fields: str):  # noqa: ANN001, ANN201
+    """POST ``path`` to ``/process-video`` with optional form fields."""
+    with path.open("rb") as handle:
+        data = {"file": (handle, path.name), **fields}
+        return client.post("/process-video", data=data, content_type="multipart/form-data")

@@ -1,0 +1,110 @@
+"""End to end: an upload goes through the producer, RabbitMQ and a real worker."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import av
+
+from tests.scheduler.conftest import make_client, upload, wait_for_state
+
+
+def test_video_e2e_rabbitmq(rabbit_env, start_worker, clip_path: Path) -> None:
+    settings, _, client = make_client(rabbit_env)
+    start_worker(rabbit_env)
+
+    response = upload(client, clip_path, height="240", thumbnails="4")
+    assert response.status_code == 202
+    task_id = response.get_json()["task_id"]
+    assert response.headers["Location"].endswith(f"/tasks/{task_id}")
+
+    task = wait_for_state(client, task_id, {"succeeded", "failed"})
+    assert task["state"] == "succeeded", task
+    names = [f["name"] for f in task["result"]["files"]]
+    assert names == ["video.mp4", "thumb_01.jpg", "thumb_02.jpg", "thumb_03.jpg", "thumb_04.jpg"]
+
+    download = client.get(task["result"]["files"][0]["url"])
+    assert download.status_code == 200
+    out = settings.media_root / "out.mp4"
+    out.write_bytes(download.data)
+    with av.open(str(out)) as container:
+        frame = next(container.decode(video=0))
+        assert (frame.width, frame.height) == (426, 240)
+        assert container.streams.video[0].codec_context.name == "h264"
+        assert container.streams.audio[0].codec_context.name == "aac"
+    thumb = client.get(task["result"]["files"][1]["url"])
+    assert thumb.data[:2] == b"\xff\xd8"
+
+
+def test_video_e2e_embedded(embedded_env, start_worker, clip_path: Path) -> None:
+    _, _, client = make_client(embedded_env)
+    start_worker(embedded_env)
+    assert client.get("/healthz").get_json()["broker"] == "embedded"
+
+    response = upload(client, clip_path, height="180", thumbnails="2")
+    assert response.status_code == 202
+    task = wait_for_state(client, response.get_json()["task_id"], {"succeeded", "failed"})
+    assert task["state"] == "succeeded", task
+    assert task["result"]["output"]["height"] == 180
+    assert len(task["result"]["files"]) == 3
+
+
+def test_cancel_running_video(rabbit_env, start_worker, clip_path: Path) -> None:
+    env = {**rabbit_env, "VIDEO_X264_PRESET": "veryslow"}
+    settings, _, client = make_client(env)
+    start_worker(env)
+    task_id = upload(client, clip_path).get_json()["task_id"]
+    wait_for_state(client, task_id, {"progress"}, timeout=30)
+
+    response = client.delete(f"/tasks/{task_id}")
+    assert response.status_code == 202
+    task = wait_for_state(client, task_id, {"cancelled", "succeeded", "failed"}, timeout=30)
+    assert task["state"] == "cancelled"
+    assert task["percent"] < 100
+    assert not (settings.media_root / task_id).exists()
+    assert not (settings.media_root / f".{task_id}.partial").exists()
+
+
+def test_report_and_emails_e2e(rabbit_env, start_worker) -> None:
+    settings, _, client = make_client(rabbit_env)
+    start_worker(rabbit_env, queues=[rabbit_env["SCHEDULER_IO_QUEUE"]], pool="threads")
+    emails = client.post(
+        "/send-emails",
+        json={"recipients": ["ann@example.com", "not-an-address"], "subject": "Hi", "body": "B"},
+    )
+    mail_task = wait_for_state(client, emails.get_json()["task_id"], {"succeeded", "failed"})
+    assert mail_task["state"] == "succeeded"
+    statuses = [r["status"] for r in mail_task["result"]["recipients"]]
+    assert statuses == ["written", "invalid"]
+    assert len(list((settings.outbox / mail_task["id"]).glob("*.eml"))) == 1
+
+    report = client.post("/generate-report", json={"since": "2000-01-01T00:00:00Z"})
+    task = wait_for_state(client, report.get_json()["task_id"], {"succeeded", "failed"})
+    assert task["state"] == "succeeded"
+    assert task["result"]["by_kind"] == {"send-emails": 1}
+    csv_text = client.get(f"/files/{task['id']}/report.csv").get_data(as_text=True)
+    assert mail_task["id"] in csv_text
+
+
+def test_failed_task_dead_lettered(rabbit_env, start_worker, clip_path: Path) -> None:
+    from scheduler.deadletters import peek
+
+    settings, _, client = make_client(rabbit_env)
+    task_id = upload(client, clip_path).get_json()["task_id"]
+    # Damage the stored upload after it was accepted, so the worker's probe fails.
+    for path in settings.uploads_dir.iterdir():
+        path.write_bytes(b"not a video any more")
+    start_worker(rabbit_env)
+
+    task = wait_for_state(client, task_id, {"succeeded", "failed"})
+    assert task["state"] == "failed"
+    assert "not a readable video" in task["error"]
+    letters = []
+    for _ in range(50):
+        letters = peek(settings, 10)
+        if letters:
+            break
+        time.sleep(0.1)
+    assert [letter.task_id for letter in letters] == [task_id]
+    assert letters[0].reason == "rejected"

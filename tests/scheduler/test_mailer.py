@@ -1,0 +1,107 @@
+"""Address checks and SMTP delivery, against a scripted SMTP server on loopback."""
+
+from __future__ import annotations
+
+import pytest
+
+from scheduler import mailer
+from tests.scheduler.conftest import make_client, wait_for_state
+from tests.scheduler.smtp_server import SmtpRecorder, free_port, smtp_server
+
+
+@pytest.mark.parametrize(
+    "address", ["ann@example.com", "first.last+tag@mail.example.co.uk", "x_y@sub-domain.org"]
+)
+def test_address_valid(address: str) -> None:
+    assert mailer.address_error(address) is None
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "",
+        "plain",
+        "a@b",
+        "a@@example.com",
+        "a b@example.com",
+        "a@example.com\r\nBcc: x@y.z",
+        ".a@example.com",
+        "a@-example.com",
+        42,
+        None,
+        "a" * 250 + "@example.com",
+    ],
+)
+def test_address_invalid(address: object) -> None:
+    assert mailer.address_error(address) is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port", "use_ssl", "starttls", "user"),
+    [
+        ("smtp://mail.example.com", "mail.example.com", 25, False, False, None),
+        ("smtps://u%40x:p@mail.example.com", "mail.example.com", 465, True, False, "u@x"),
+        ("smtp://127.0.0.1:2525?starttls=1", "127.0.0.1", 2525, False, True, None),
+    ],
+)
+def test_parse_smtp_url(url, host, port, use_ssl, starttls, user) -> None:  # noqa: ANN001
+    target = mailer.parse_smtp_url(url)
+    assert (target.host, target.port) == (host, port)
+    assert target.use_ssl is use_ssl
+    assert target.starttls is starttls
+    assert target.username == user
+
+
+@pytest.mark.parametrize("url", ["http://mail.example.com", "smtp://"])
+def test_parse_smtp_url_invalid(url: str) -> None:
+    with pytest.raises(ValueError):
+        mailer.parse_smtp_url(url)
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [("550 no such user", mailer.PermanentMailError), ("451 try later", mailer.TransientMailError)],
+)
+def test_smtp_reply_classified(reply: str, error: type[Exception]) -> None:
+    recorder = SmtpRecorder({"x@example.com": [reply]})
+    message = mailer.build_message("from@example.com", "x@example.com", "S", "B")
+    with smtp_server(recorder) as port:
+        target = mailer.parse_smtp_url(f"smtp://127.0.0.1:{port}")
+        with mailer.SmtpMailer(target, timeout=5) as client, pytest.raises(error):
+            client.send(message)
+
+
+def test_smtp_unreachable_is_transient() -> None:
+    target = mailer.parse_smtp_url(f"smtp://127.0.0.1:{free_port()}")
+    message = mailer.build_message("from@example.com", "x@example.com", "S", "B")
+    with mailer.SmtpMailer(target, timeout=2) as client, pytest.raises(mailer.TransientMailError):
+        client.send(message)
+
+
+def test_send_emails_retries_transient(rabbit_env, start_worker) -> None:
+    recorder = SmtpRecorder(
+        {
+            "slow@example.com": ["451 greylisted", "250 OK"],
+            "gone@example.com": ["550 no such user"],
+        }
+    )
+    with smtp_server(recorder) as port:
+        env = {**rabbit_env, "SMTP_URL": f"smtp://127.0.0.1:{port}"}
+        _, _, client = make_client(env)
+        start_worker(env, queues=[env["SCHEDULER_IO_QUEUE"]], pool="threads")
+        recipients = ["ok@example.com", "slow@example.com", "gone@example.com", "bad address"]
+        response = client.post(
+            "/send-emails", json={"recipients": recipients, "subject": "S", "body": "B"}
+        )
+        task = wait_for_state(client, response.get_json()["task_id"], {"succeeded", "failed"}, 30)
+
+    assert task["state"] == "succeeded"
+    statuses = {r["address"]: r["status"] for r in task["result"]["recipients"]}
+    assert statuses == {
+        "ok@example.com": "sent",
+        "slow@example.com": "sent",
+        "gone@example.com": "failed",
+        "bad address": "invalid",
+    }
+    delivered = [address for recipients_, _ in recorder.delivered for address in recipients_]
+    assert sorted(delivered) == ["ok@example.com", "slow@example.com"]
