@@ -27,7 +27,7 @@ class Endpoint:
     host: str  # address the service binds
     port: int
     port_variable: str  # setting that changes the port, named in error messages
-    health_path: str  # path that answers HTTP 2xx-4xx once the service is up
+    health_path: str  # path that responds with HTTP 2xx-4xx once the service is up
     page_path: str = "/"  # path printed for a person to open
 
     @property
@@ -37,7 +37,7 @@ class Endpoint:
 
     @property
     def health_url(self) -> str:
-        """URL polled until the service answers."""
+        """URL polled until the service responds."""
         return f"http://{_url_host(self.probe_host)}:{self.port}{self.health_path}"
 
     @property
