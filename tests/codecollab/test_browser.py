@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -331,6 +332,57 @@ def test_name_shown_as_text(open_tab, session_url):
     assert viewer.locator("#avatars img").count() == 0
     assert viewer.evaluate("window.injected === undefined")
     assert hostile in avatar.get_attribute("title")
+
+
+def test_rename_reaches_peers(open_tab, session_url):
+    renamer = open_tab(session_url, name="Before Rename")
+    viewer = open_tab(session_url, name="Viewer")
+
+    renamer.fill("#display-name", "After Rename")
+    renamer.press("#display-name", "Enter")
+    viewer.locator("#avatars > li[title='After Rename']").wait_for(timeout=CONVERGE_TIMEOUT_MS)
+
+    assert viewer.locator("#avatars > li[title='Before Rename']").count() == 0
+    # The page's init script sets the name on every load, so storage is checked, not a reload.
+    assert renamer.evaluate("localStorage.getItem('codecollab.name')") == "After Rename"
+
+
+def test_toolbar_actions(open_tab, session_url):
+    page = open_tab(session_url)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    session_id = session_url.rsplit("/", 1)[1]
+
+    page.click("#copy-link")
+    page.locator("#notices [role='status']").wait_for(timeout=READY_TIMEOUT_MS)
+    copied = page.evaluate("navigator.clipboard.readText()")
+
+    page.select_option("#language", "go")
+    text = editor_text(page)
+    with page.expect_download() as download_info:
+        page.click("#download")
+    download = download_info.value
+    downloaded = Path(download.path()).read_text(encoding="utf-8")
+
+    page.click("#new-session")
+    page.wait_for_url(re.compile(r".*/s/[A-Za-z0-9_-]{22}$"), timeout=READY_TIMEOUT_MS)
+    page.wait_for_selector("#editor[data-ready='true']", timeout=READY_TIMEOUT_MS)
+
+    assert copied == session_url
+    assert download.suggested_filename == f"{session_id}.go"
+    assert downloaded == text
+    assert session_id not in page.url
+
+
+def test_theme_remembered(open_tab, session_url):
+    page = open_tab(session_url, color_scheme="light")
+    page.click("#theme-toggle")
+    dark_after_click = page.evaluate("document.documentElement.classList.contains('dark')")
+    page.reload()
+    page.wait_for_selector("#editor[data-ready='true']", timeout=READY_TIMEOUT_MS)
+
+    assert dark_after_click
+    assert page.evaluate("document.documentElement.classList.contains('dark')")
+    assert page.get_attribute("#theme-toggle", "aria-pressed") == "true"
 
 
 def test_undo_only_own_edits(open_tab, session_url):
