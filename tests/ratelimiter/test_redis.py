@@ -363,3 +363,23 @@ def test_outage_logged_once_and_recovery(
 def test_redis_invalid_url() -> None:
     with pytest.raises(ValueError, match="redis://"):
         RedisStorage("redis://127.0.0.1:notaport/0")
+
+
+@pytest.mark.parametrize(
+    "policy", ["1000000000/day", "7/second, burst 3", "999983/hour, burst 1000000"]
+)
+def test_redis_matches_memory_counts(policy: str, make_limiter) -> None:
+    """Large and awkward policies keep exact counts: capacity admitted, then rejections."""
+    limiter = make_limiter(policy)
+    capacity = limiter.policies[0].capacity
+    first = limiter.check("client", cost=capacity)
+    second = limiter.check("client", cost=capacity)
+    assert first.allowed is True
+    assert first.remaining == 0
+    assert second.allowed is False
+    assert 0 < second.retry_after <= capacity / limiter.policies[0].rate
+
+
+def test_redis_remaining_after_partial_cost(make_limiter) -> None:
+    limiter = make_limiter("1000000/day")
+    assert limiter.check("client", cost=250_000).remaining == 750_000
