@@ -48,8 +48,17 @@ def ensure_comparison_packages() -> None:
     if not (DEPS / "limits").exists() or not (DEPS / "flask_limiter").exists():
         print(f"installing {REQUIREMENTS.name} into {DEPS.relative_to(ROOT)}", flush=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(DEPS),
-             "-r", str(REQUIREMENTS)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--target",
+                str(DEPS),
+                "-r",
+                str(REQUIREMENTS),
+            ],
             check=True,
         )
     # Appended, so packages the project already has (Flask, Werkzeug) keep their versions.
@@ -166,7 +175,9 @@ def bench_memory() -> list[dict]:
                 if live_keys == 1:
                     order = keys * batch
                 samples += time_calls(check, order)
-            results.append({"path": "admit", "live_keys": live_keys, "impl": name, **summary(samples)})
+            results.append(
+                {"path": "admit", "live_keys": live_keys, "impl": name, **summary(samples)}
+            )
 
         # Reject path: capacity 1 per key, and every key has used it.
         for name, (check, reset) in memory_contenders(1).items():
@@ -175,7 +186,9 @@ def bench_memory() -> list[dict]:
                 check(key)
             order = [keys[rng.randrange(live_keys)] for _ in range(SAMPLES)]
             samples = time_calls(check, order)
-            results.append({"path": "reject", "live_keys": live_keys, "impl": name, **summary(samples)})
+            results.append(
+                {"path": "reject", "live_keys": live_keys, "impl": name, **summary(samples)}
+            )
         print(f"memory backend, {live_keys} live keys: done", flush=True)
     return results
 

@@ -77,6 +77,8 @@ class Policy:
     # Derived, exact integer forms used by the storage backends.
     period_us: int = field(init=False, repr=False, compare=False)
     capacity: int = field(init=False, repr=False, compare=False)
+    #: Part of the storage key, so a changed policy never reuses an old policy's state.
+    storage_id: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.count, int) or isinstance(self.count, bool) or self.count < 1:
@@ -98,6 +100,7 @@ class Policy:
             )
         object.__setattr__(self, "period_us", period_us)
         object.__setattr__(self, "capacity", burst)
+        object.__setattr__(self, "storage_id", f"{self.count}-{period_us}-{burst}")
         if not self.name:
             label = f"{self.count}/{_format_seconds(period_us)}"
             if burst != self.count:
@@ -113,11 +116,6 @@ class Policy:
     def refill_seconds(self) -> float:
         """Seconds an empty bucket takes to refill to full capacity."""
         return self.capacity * self.period_us / self.count / 1_000_000
-
-    @property
-    def storage_id(self) -> str:
-        """Part of the storage key, so a changed policy never reuses an old policy's state."""
-        return f"{self.count}-{self.period_us}-{self.capacity}"
 
     def __str__(self) -> str:
         return self.name

@@ -194,9 +194,7 @@ def _script_input(buckets: Sequence[Bucket], cost: int) -> tuple[list[str], list
     for key, policy in buckets:
         keys.append(f"{{{key}}}:{policy.storage_id}")
         cost_us, cost_fraction = divmod(cost * policy.period_us, policy.count)
-        tolerance_us, tolerance_fraction = divmod(
-            policy.capacity * policy.period_us, policy.count
-        )
+        tolerance_us, tolerance_fraction = divmod(policy.capacity * policy.period_us, policy.count)
         args += (policy.count, cost_us, cost_fraction, tolerance_us, tolerance_fraction)
     return keys, args
 
