@@ -201,7 +201,7 @@ def bench_redis(url: str) -> dict | None:
         print(f"Redis at {url} is not reachable ({error}); skipping the Redis figures")
         return None
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    limiter = RateLimiter("1000000000/day", storage=url, key_prefix=prefix)
+    limiter = RateLimiter("1000000000/day", storage=url, key_prefix=prefix, timeout=2.0)
     connection_client = limiter.storage._client
     try:
         for _ in range(500):
@@ -305,7 +305,7 @@ def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-limiter = RateLimiter("10/minute", storage="memory://?max_keys=2000000")
+limiter = RateLimiter("10/hour", storage="memory://?max_keys=2000000")
 keys = [f"198.51.{{i >> 8 & 255}}.{{i & 255}}-{{i}}" for i in range(1_000_000)]
 gc.collect()
 before = rss()

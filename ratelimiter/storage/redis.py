@@ -5,8 +5,9 @@ bucket of the call atomically, so processes and hosts sharing the server share t
 script reads the time with ``TIME`` on the server, so application hosts with skewed clocks
 still agree.
 
-A bucket is a hash ``{u, f}`` holding its theoretical arrival time (the moment it is full
-again) as whole microseconds ``u`` plus ``f / count`` of a microsecond. Lua numbers are
+A bucket is a string ``"u:f"`` holding its theoretical arrival time (the moment it is full
+again) as whole microseconds ``u`` plus ``f / count`` of a microsecond, written with one
+``SET ... PX`` that also sets the TTL. Lua numbers are
 doubles, exact for integers below 2**53; keeping the fraction apart keeps every step exact,
 and the divisions happen in Python on unbounded integers. Each key expires when
 its bucket is full again, so a key is never kept without a TTL and a full bucket is never kept.
@@ -20,6 +21,7 @@ turns into an admit or a reject according to ``on_storage_error``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 from collections.abc import Sequence
@@ -61,9 +63,16 @@ for i = 1, #KEYS do
   local tolerance_us = tonumber(ARGV[base + 4])
   local tolerance_fraction = tonumber(ARGV[base + 5])
 
-  local stored = redis.call('HMGET', KEYS[i], 'u', 'f')
-  local tat = tonumber(stored[1])
-  local tat_fraction = tonumber(stored[2]) or 0
+  local tat = nil
+  local tat_fraction = 0
+  local stored = redis.call('GET', KEYS[i])
+  if stored then
+    local separator = string.find(stored, ':', 1, true)
+    if separator then
+      tat = tonumber(string.sub(stored, 1, separator - 1))
+      tat_fraction = tonumber(string.sub(stored, separator + 1)) or 0
+    end
+  end
   if tat == nil or tat < now then
     tat = now
     tat_fraction = 0
@@ -86,13 +95,14 @@ end
 local result = {allowed}
 for i, bucket in ipairs(buckets) do
   if allowed == 1 and cost > 0 then
-    redis.call('HSET', KEYS[i], 'u', bucket[5], 'f', bucket[4])
     -- The key expires, in whole milliseconds rounded up, when the bucket is full again.
     local backlog_us = bucket[3]
     if bucket[4] > 0 then
       backlog_us = backlog_us + 1
     end
-    redis.call('PEXPIRE', KEYS[i], math.ceil(backlog_us / 1000))
+    -- '%.0f' prints every integer below 2**53 exactly; tostring() would round to 14 digits.
+    local value = string.format('%.0f:%.0f', bucket[5], bucket[4])
+    redis.call('SET', KEYS[i], value, 'PX', math.ceil(backlog_us / 1000))
   end
   for j = 1, 4 do
     result[#result + 1] = bucket[j]
@@ -125,7 +135,7 @@ class RedisStorage:
             self._client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
         except ValueError as error:
             raise ValueError(f"storage URL {url!r} is invalid: {error}") from None
-        self._script = self._client.register_script(ACQUIRE_SCRIPT)
+        self._sha = hashlib.sha1(ACQUIRE_SCRIPT.encode()).hexdigest()
         self._async_options = options
         self._async_client: redis.asyncio.Redis | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
@@ -135,7 +145,12 @@ class RedisStorage:
         """Take ``cost`` tokens from every bucket, or from none, in one script call."""
         keys, args = _script_input(buckets, cost)
         try:
-            reply = self._script(keys=keys, args=args)
+            try:
+                reply = self._client.evalsha(self._sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                # The server restarted or ran SCRIPT FLUSH: load the script and retry once.
+                self._sha = self._client.script_load(ACQUIRE_SCRIPT)
+                reply = self._client.evalsha(self._sha, len(keys), *keys, *args)
         except (redis.RedisError, OSError) as error:
             raise StorageError(f"Redis at {self._safe_url()} failed: {_describe(error)}") from error
         return _parse_reply(buckets, cost, reply)
