@@ -198,7 +198,7 @@ def closed_port() -> Iterator[int]:
 
 @pytest.fixture
 def silent_listener() -> Iterator[int]:
-    """A loopback listener that accepts connections and never answers."""
+    """A loopback listener that accepts connections and never sends a reply."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(64)
