@@ -1,6 +1,6 @@
 """SQLite storage of the broker: schema, connection settings and every SQL statement.
 
-One database file holds all queues of a broker. Any number of processes on the same machine
+One database file contains all queues of a broker. Any number of processes on the same machine
 open it at once, so the file must live on a local file system: SQLite's WAL mode needs shared
 memory between the processes, which network file systems do not provide.
 
@@ -118,7 +118,7 @@ class Claim:
 
 @dataclass(frozen=True)
 class MaintenanceReport:
-    """What one maintenance run removed and reclaimed."""
+    """Counts of what one maintenance run removed and reclaimed."""
 
     expired_messages: int
     expired_fanout: int

@@ -39,7 +39,7 @@ from .store import Claim, Store, StoreError
 
 logger = logging.getLogger(__name__)
 
-# Most messages that one claim statement leases to a consumer with room for more.
+# Maximum number of messages that one claim statement leases to a consumer with room for more.
 MAX_CLAIM_BATCH = 16
 
 # Paths whose start-up was already logged at INFO level by this process. Celery opens several
