@@ -53,7 +53,7 @@ def test_idempotency_other_kind(store: TaskStore) -> None:
 
 def test_idempotency_expires(store: TaskStore) -> None:
     old = queued(store, key="k")
-    store._connect().execute(
+    store._write(
         "UPDATE tasks SET created_at = ? WHERE id = ?", (time.time() - IDEMPOTENCY_TTL - 1, old)
     )
     record, created = store.insert(new_id(), "send-emails", {}, idempotency_key="k")
