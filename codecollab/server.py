@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntit
 
 from codecollab.config import Settings, load_settings
 from codecollab.documents import RoomManager, RoomSettings
+from codecollab.log_setup import WSGI_LOGGER, configure_logging
 from codecollab.storage import DocumentStore
 from codecollab.throttling import Limits, build_limits
 from codecollab.transport import EditorTransport
@@ -48,6 +49,9 @@ class EditorServer:
             self.settings.async_mode,
             self.settings.database_path,
         )
+        server_options: dict[str, Any] = {}
+        if self.settings.async_mode == "gevent":
+            server_options["error_log"] = logging.getLogger(WSGI_LOGGER)
         try:
             self.socketio.run(
                 self.app,
@@ -55,6 +59,7 @@ class EditorServer:
                 port=self.settings.port,
                 log_output=False,
                 allow_unsafe_werkzeug=True,
+                **server_options,
             )
         except KeyboardInterrupt:
             pass
@@ -194,8 +199,5 @@ def _register_error_handlers(app: Flask, settings: Settings) -> None:
 def main() -> None:
     """Read the settings, configure logging and serve."""
     settings = load_settings()
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level)
     create_server(settings).run()

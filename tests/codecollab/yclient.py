@@ -40,12 +40,14 @@ class YClient:
         client_id: str | None = None,
         name: str = "tester",
         headers: dict[str, str] | None = None,
+        transport: str = "websocket",
     ) -> None:
         self.url = url
         self.session = session
         self.client_id = client_id or secrets.token_hex(8)
         self.name = name
         self.headers = headers or {}
+        self.transport = transport
         self.doc = Doc(allow_multithreading=True)
         self.text = self.doc.get("content", type=Text)
         self.meta = self.doc.get("meta", type=Map)
@@ -73,7 +75,10 @@ class YClient:
     def _new_socket(self) -> socketio.Client:
         # A fresh client per connection, as the browser's decoder is reset on reconnect: a
         # binary event cut in half by a disconnect must not leak into the next connection.
-        sio = socketio.Client(reconnection=False)
+        # websocket-client sends its own Origin unless suppressed, and a second Origin header
+        # would be merged with the one a test sets.
+        extra = {"suppress_origin": True} if "Origin" in self.headers else {}
+        sio = socketio.Client(reconnection=False, websocket_extra_options=extra)
         _dispatch_in_order(sio)
         sio.on("sync", self._on_sync)
         sio.on("presence", self._on_presence)
@@ -95,7 +100,7 @@ class YClient:
             self.url,
             auth={"session": self.session, "clientId": self.client_id, "name": self.name},
             headers=self.headers,
-            transports=["websocket"],
+            transports=[self.transport],
             wait_timeout=timeout,
         )
         with self.lock:
