@@ -24,9 +24,9 @@ const options = {
 }
 
 /**
- * Deletes chunks that the latest build did not write. Chunk names carry content hashes, so
- * stale ones would pile up; deleting them only after the build keeps a running server's page
- * loadable while the build runs.
+ * Deletes chunks that the latest build did not write, because chunk names carry content hashes
+ * and stale ones would pile up. Deleting after the build, not before, keeps the page of a
+ * running server loadable while the build runs.
  */
 function removeStaleChunks(metafile) {
   const written = new Set(Object.keys(metafile.outputs).map((file) => path.resolve(file)))
