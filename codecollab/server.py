@@ -124,7 +124,7 @@ def create_server(settings: Settings) -> EditorServer:
         ping_interval=settings.ping_interval,
         ping_timeout=settings.ping_timeout,
         # One connection's messages run one at a time, in arrival order. Concurrent handlers can
-        # reassemble a binary event with another event's attachment (python-socketio #403).
+        # pair a binary event's placeholder with another event's attachment.
         async_handlers=False,
         logger=False,
         engineio_logger=False,
@@ -164,7 +164,7 @@ def _origin_checker(settings: Settings) -> Any:
         scheme = environ.get("wsgi.url_scheme", "http")
         host = environ.get("HTTP_HOST", "")
         if settings.proxy_count > 0:
-            # Behind trusted proxies the browser sees the proxy's scheme and host.
+            # Behind trusted proxies, the page's origin is the proxy's scheme and host.
             scheme = environ.get("HTTP_X_FORWARDED_PROTO", scheme).split(",")[0].strip()
             host = environ.get("HTTP_X_FORWARDED_HOST", host).split(",")[0].strip()
         same_origin = origin == f"{scheme}://{host}"

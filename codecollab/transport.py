@@ -4,8 +4,8 @@ The wire protocol is described in ``docs/protocol.md``. In short: a client conne
 ``auth = {session, clientId, name}``, the server sends its sync step 1, every stored awareness
 state and the room's presence, and from then on ``sync`` and ``awareness`` carry binary
 y-protocols messages both ways. Each client ``sync`` message is acknowledged with
-``{"ok": true}`` only after the server applied and stored it, or with ``{"ok": false, "error":
-code, "message": text}``; the same failure also arrives as an ``error`` event.
+``{"ok": true}`` only after the server applied and stored it. A failure is acknowledged with
+``{"ok": false, "error": code, "message": text}`` and also arrives as an ``error`` event.
 
 Messages are rate-limited per connection. Over the limit, a message waits for a token, so no
 edit is dropped.

@@ -230,7 +230,7 @@ class YClient:
         self.awareness.append(data)
 
     def _on_disconnect(self, *_reason: Any) -> None:
-        # Acks of a closed connection never arrive; as in the browser, whatever the server
+        # Acks of a closed connection never arrive. As in the browser, whatever the server
         # lacks goes out again in the step 2 of the next handshake.
         with self.lock:
             self.online = False
@@ -252,8 +252,9 @@ def _dispatch_in_order(client: socketio.Client) -> None:
     """Make the client handle messages one at a time, in arrival order.
 
     python-engineio's client starts a thread per received message, so the placeholder packet of
-    a binary event and its attachment can be reassembled out of order (python-socketio issues
-    #403 and #436). A browser handles messages in order, and so must the test client.
+    a binary event and its attachment can be reassembled out of order, which python-socketio
+    then reports as "Unexpected binary attachment". A browser handles messages in order, and so
+    must the test client.
     """
     trigger = client.eio._trigger_event
 
