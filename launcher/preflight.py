@@ -191,11 +191,12 @@ def check_broker(broker_url: str, timeout: float = 3.0) -> list[str]:
 
 
 def rate_limit_warnings(config: LauncherConfig) -> list[str]:
-    """Return a warning when the rate limiter keeps its buckets in each process's memory."""
-    if config.ratelimit_storage_url.startswith("memory"):
-        return [
-            "RATELIMIT_STORAGE_URL is memory://, so the editor and the producer each keep "
-            "their own buckets: a client gets the full limit from each process. Set "
-            "redis://127.0.0.1:6379/0 to share the limits."
-        ]
-    return []
+    """Return a warning when a service keeps its rate-limit buckets in process memory."""
+    in_memory = [name for name, url in config.ratelimit_storage.items() if url.startswith("memory")]
+    if not in_memory:
+        return []
+    subject = " and ".join(in_memory) + (" use" if len(in_memory) > 1 else " uses")
+    return [
+        f"{subject} memory://, so each process keeps its own rate-limit buckets and a client "
+        "gets the full limit from every process. Set redis://127.0.0.1:6379/0 to share them."
+    ]

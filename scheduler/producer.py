@@ -27,6 +27,7 @@ from scheduler.config import EMBEDDED_BROKER_LIMITS, Settings, load_settings
 from scheduler.events import TaskEvents
 from scheduler.publisher import BrokerUnavailable, Publisher
 from scheduler.taskstore import TERMINAL_STATES, IdempotencyConflict, TaskRecord, TaskStore
+from scheduler.web import create_jobs_blueprint
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_mb * 1024 * 1024 + MAX_FORM_OVERHEAD
     app.json.sort_keys = False
     app.extensions["scheduler"] = {"settings": settings, "store": store, "events": events}
+    app.register_blueprint(create_jobs_blueprint(settings, max_thumbnails=MAX_THUMBNAILS))
 
     # Per-route policies only, keyed by client IP; the key prefix keeps these buckets apart
     # from other services that share a Redis storage.

@@ -62,7 +62,7 @@ def test_check_ports_message_names_pid_and_variable(listening_socket: socket.soc
     [message] = check_ports([_endpoint(port)], {"editor"})
     assert f"Port {port}, for editor (Editor), is already in use" in message
     assert f"pid {os.getpid()}" in message
-    assert "CODECOLLAB_PORT" in message
+    assert "set CODECOLLAB_PORT" in message
 
 
 def test_check_ports_skips_process_not_in_procfile(listening_socket: socket.socket) -> None:
@@ -103,6 +103,6 @@ def test_rate_limit_warnings_for_memory_storage(storage: str, warnings: int) -> 
         ready_timeout=1.0,
         stop_timeout=1.0,
         endpoints=[],
-        ratelimit_storage_url=storage,
+        ratelimit_storage={"RATELIMIT_STORAGE_URL": storage},
     )
     assert len(rate_limit_warnings(config)) == warnings
