@@ -391,13 +391,14 @@ def test_toolbar_actions(open_tab, session_url):
     downloaded = Path(download.path()).read_text(encoding="utf-8")
 
     page.click("#new-session")
-    page.wait_for_url(re.compile(r".*/s/[A-Za-z0-9_-]{22}$"), timeout=READY_TIMEOUT_MS)
+    page.wait_for_url(lambda url: url != session_url, timeout=READY_TIMEOUT_MS)
     page.wait_for_selector("#editor[data-ready='true']", timeout=READY_TIMEOUT_MS)
 
     assert copied == session_url
     assert download.suggested_filename == f"{session_id}.go"
     assert downloaded == text
-    assert session_id not in page.url
+    assert page.url != session_url
+    assert re.fullmatch(r".*/s/[A-Za-z0-9_-]{22}", page.url), page.url
 
 
 def test_theme_remembered(open_tab, session_url):
