@@ -265,10 +265,10 @@ class Supervisor:
 
     def _print_banner(self) -> None:
         self._out.note("everything is ready:")
-        for managed in self._processes:
-            if managed.endpoint is not None:
-                label = f"{managed.endpoint.label}:"
-                self._out.note(f"  {label:<26} {managed.endpoint.page_url}")
+        endpoints = [m.endpoint for m in self._processes if m.endpoint is not None]
+        width = max((len(e.label) for e in endpoints), default=0) + 1
+        for endpoint in endpoints:
+            self._out.note(f"  {endpoint.label + ':':<{width}} {endpoint.page_url}")
         self._out.note("press Ctrl-C to stop every process")
 
     # Stop
@@ -324,12 +324,13 @@ class Supervisor:
             time.sleep(0.1)
 
     def _shutdown(self) -> None:
-        tops = self._signal_tops(signal.SIGTERM)
-        if tops:
-            names = ", ".join(m.spec.name for m in self._processes if m.pgid in tops)
+        running = [m.spec.name for m in self._processes if group_alive(m.pgid)]
+        if running:
             self._out.note(
-                f"stopping {names} (SIGTERM, SIGKILL after {self._config.stop_timeout:g} s)"
+                f"stopping {', '.join(running)} "
+                f"(SIGTERM, SIGKILL after {self._config.stop_timeout:g} s)"
             )
+        tops = self._signal_tops(signal.SIGTERM)
         alive = self._wait_for_groups(self._config.stop_timeout, tops)
         if alive:
             self._out.note(
