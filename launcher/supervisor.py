@@ -253,9 +253,11 @@ class Supervisor:
 
     def _report_exit(self, managed: ManagedProcess, during_start: bool) -> None:
         code = managed.popen.returncode
-        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+        outcome = (
+            f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+        )
         when = "while starting" if during_start else "unexpectedly"
-        self._out.note(f"{managed.spec.name} {how} {when}; stopping every process")
+        self._out.note(f"{managed.spec.name} {outcome} {when}; stopping every process")
         if managed.reader is not None:
             managed.reader.join(timeout=2.0)
         if managed.tail:
