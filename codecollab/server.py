@@ -13,9 +13,19 @@ from flask import Flask, request
 from flask_socketio import SocketIO
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 
+from codecollab.cluster import ClusterNode
 from codecollab.config import Settings, load_settings
 from codecollab.documents import RoomManager, RoomSettings
-from codecollab.storage import DocumentStore
+from codecollab.log_setup import WSGI_LOGGER, configure_logging
+from codecollab.scale_out import (
+    ClusterUnavailable,
+    build_cluster,
+    describe_storage,
+    open_store,
+    socketio_cluster_options,
+)
+from codecollab.storage import DocumentStore, StorageError
+from codecollab.storage_postgres import PostgresDocumentStore
 from codecollab.throttling import Limits, build_limits
 from codecollab.transport import EditorTransport
 from codecollab.web.api import api
@@ -31,23 +41,31 @@ class EditorServer:
     settings: Settings
     app: Flask
     socketio: SocketIO
-    store: DocumentStore
+    store: DocumentStore | PostgresDocumentStore
     rooms: RoomManager
     limits: Limits
     transport: EditorTransport
+    # Set when several processes share a message queue (CODECOLLAB_MESSAGE_QUEUE).
+    cluster: ClusterNode | None = None
     _stopping: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
         """Serve until interrupted (Ctrl-C or SIGTERM), then compact every loaded session."""
         self._install_signal_handlers()
         self.socketio.start_background_task(self._sweep_forever)
+        if self.cluster is not None:
+            self.socketio.start_background_task(self.cluster.beat_forever)
         logger.info(
-            "CodeCollab listening on http://%s:%d (async mode %s, database %s)",
+            "CodeCollab listening on http://%s:%d (async mode %s, database %s%s)",
             self.settings.host,
             self.settings.port,
             self.settings.async_mode,
-            self.settings.database_path,
+            describe_storage(self.settings),
+            "" if self.cluster is None else f", process {self.cluster.process_id} in a cluster",
         )
+        server_options: dict[str, Any] = {}
+        if self.settings.async_mode == "gevent":
+            server_options["error_log"] = logging.getLogger(WSGI_LOGGER)
         try:
             self.socketio.run(
                 self.app,
@@ -55,6 +73,7 @@ class EditorServer:
                 port=self.settings.port,
                 log_output=False,
                 allow_unsafe_werkzeug=True,
+                **server_options,
             )
         except KeyboardInterrupt:
             pass
@@ -66,6 +85,8 @@ class EditorServer:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        if self.cluster is not None:
+            self.cluster.stop()
         logger.info("shutting down: compacting %d loaded sessions", self.rooms.loaded_count())
         self.rooms.close()
         self.store.close()
@@ -119,13 +140,14 @@ def create_server(settings: Settings) -> EditorServer:
         ping_interval=settings.ping_interval,
         ping_timeout=settings.ping_timeout,
         # One connection's messages run one at a time, in arrival order. Concurrent handlers can
-        # reassemble a binary event with another event's attachment (python-socketio #403).
+        # pair a binary event's placeholder with another event's attachment.
         async_handlers=False,
         logger=False,
         engineio_logger=False,
+        **socketio_cluster_options(settings),
     )
 
-    store = DocumentStore(settings.database_path, settings.sqlite_synchronous)
+    store = open_store(settings)
     rooms = RoomManager(
         store,
         RoomSettings(
@@ -137,8 +159,9 @@ def create_server(settings: Settings) -> EditorServer:
         ),
     )
     limits = build_limits(app, settings)
-    transport = EditorTransport(socketio, rooms, limits, settings)
-    server = EditorServer(settings, app, socketio, store, rooms, limits, transport)
+    cluster = build_cluster(settings, socketio, rooms)
+    transport = EditorTransport(socketio, rooms, limits, settings, cluster)
+    server = EditorServer(settings, app, socketio, store, rooms, limits, transport, cluster)
     app.extensions["codecollab"] = server
 
     app.register_blueprint(pages)
@@ -159,7 +182,7 @@ def _origin_checker(settings: Settings) -> Any:
         scheme = environ.get("wsgi.url_scheme", "http")
         host = environ.get("HTTP_HOST", "")
         if settings.proxy_count > 0:
-            # Behind trusted proxies the browser sees the proxy's scheme and host.
+            # Behind trusted proxies, the page's origin is the proxy's scheme and host.
             scheme = environ.get("HTTP_X_FORWARDED_PROTO", scheme).split(",")[0].strip()
             host = environ.get("HTTP_X_FORWARDED_HOST", host).split(",")[0].strip()
         same_origin = origin == f"{scheme}://{host}"
@@ -194,8 +217,10 @@ def _register_error_handlers(app: Flask, settings: Settings) -> None:
 def main() -> None:
     """Read the settings, configure logging and serve."""
     settings = load_settings()
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    create_server(settings).run()
+    configure_logging(settings.log_level)
+    try:
+        server = create_server(settings)
+    except (StorageError, ClusterUnavailable) as exc:
+        logger.error("cannot start: %s", exc)
+        raise SystemExit(1) from None
+    server.run()
