@@ -42,12 +42,14 @@ from socketio.packet import Packet
 from codecollab.cluster_presence import ClusterPresence
 from codecollab.documents import Room, RoomManager
 from codecollab.presence import Participant
+from codecollab.storage import StorageError
 from codecollab.transport import room_name
 from codecollab.yprotocol import (
     ProtocolError,
     SyncMessageType,
     decode_awareness_update,
     decode_sync_message,
+    encode_sync_message,
 )
 
 logger = logging.getLogger(__name__)
@@ -271,6 +273,34 @@ class ClusterNode:
             logger.error("failed to remove this process from presence: %s", exc)
 
     # Documents
+
+    def resync_forever(self, interval: float) -> None:
+        """Every ``interval`` seconds, recover stored updates that the message queue lost."""
+        while not self._stopping:
+            self._socketio.sleep(interval)
+            for session_id in self._rooms.loaded_session_ids():
+                room = self._rooms.loaded(session_id)
+                if room is None:
+                    continue
+                try:
+                    update = self._rooms.refresh_from_storage(room)
+                except StorageError as exc:
+                    logger.error("session %s: resync from storage failed: %s", session_id, exc)
+                    continue
+                if update is None:
+                    continue
+                logger.warning(
+                    "session %s: recovered %d bytes of updates that the message queue did not "
+                    "deliver",
+                    session_id,
+                    len(update),
+                )
+                self._socketio.emit(
+                    "sync",
+                    encode_sync_message(SyncMessageType.UPDATE, update),
+                    to=room_name(session_id),
+                    ignore_queue=True,
+                )
 
     def _apply_remote_update(self, session_id: str, update: bytes) -> None:
         if not self._rooms.apply_remote_update(session_id, update):

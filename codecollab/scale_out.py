@@ -37,7 +37,10 @@ def open_store(settings: Settings) -> DocumentStore | PostgresDocumentStore:
     """
     if settings.uses_postgres:
         return PostgresDocumentStore(
-            settings.database_url, settings.database_schema, settings.database_pool_size
+            settings.database_url,
+            settings.database_schema,
+            settings.database_pool_size,
+            synchronous_commit=settings.database_synchronous_commit,
         )
     return DocumentStore(settings.database_path, settings.sqlite_synchronous)
 
