@@ -69,7 +69,7 @@ def free_port() -> int:
 
 
 def start_editor(extra_env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Start one editor process and wait until it answers; return it and its URL."""
+    """Start one editor process and wait until it responds; return it and its URL."""
     port = free_port()
     env = {
         **os.environ,
@@ -97,7 +97,7 @@ def start_editor(extra_env: dict[str, str], log_path: Path) -> tuple[subprocess.
         except OSError:
             time.sleep(0.1)
     process.kill()
-    raise RuntimeError(f"editor did not answer within {START_TIMEOUT} s; see {log_path}")
+    raise RuntimeError(f"editor did not respond within {START_TIMEOUT} s; see {log_path}")
 
 
 def stop_editor(process: subprocess.Popen[bytes]) -> None:

@@ -210,6 +210,17 @@ class ClusterNode:
         """Id of this process in the message queue and in presence keys."""
         return self._manager.host_id
 
+    def start_listening(self) -> None:
+        """Start receiving from the message queue now, not at the first Socket.IO connection.
+
+        python-socketio starts its queue listener when the first client connects, but a room
+        loaded for an HTTP request must receive the other processes' updates too.
+        """
+        server = self._socketio.server
+        if not server.manager_initialized:
+            server.manager_initialized = True
+            self._manager.initialize()
+
     # Presence
 
     def joined(self, session_id: str, participant: Participant) -> None:
@@ -275,7 +286,7 @@ class ClusterNode:
     # Documents
 
     def resync_forever(self, interval: float) -> None:
-        """Every ``interval`` seconds, recover stored updates that the message queue lost."""
+        """Recover stored updates that the message queue lost, every ``interval`` seconds."""
         while not self._stopping:
             self._socketio.sleep(interval)
             for session_id in self._rooms.loaded_session_ids():
@@ -331,6 +342,6 @@ class ClusterNode:
             logger.warning("session %s: undecodable awareness relayed: %s", session_id, exc)
             return
         with room.lock:
-            # NOTE: the registry keeps the set of awareness ids each remote connection sent
-            # until the room is unloaded; the states themselves go with the removal update.
+            # NOTE: the registry keeps the awareness ids each remote connection sent until the
+            # room is unloaded. The states themselves go with the removal update.
             room.awareness.apply(entries, origin or "remote")

@@ -150,7 +150,7 @@ class RoomManager:
         self._rooms: dict[str, Room] = {}
         self._lock = threading.Lock()
         self.on_update: UpdateListener | None = None
-        # Called with each room just loaded from storage, before anyone can use it; several
+        # Called with each room just loaded from storage, before anyone can use it. Several
         # processes use it to apply updates that were relayed but not yet stored.
         self.on_load: Callable[[Room], None] | None = None
 
@@ -291,8 +291,8 @@ class RoomManager:
 
         The update is relayed before it is stored, and this method returns only once it is
         stored, so a caller that acknowledges after it returns acknowledges only stored edits.
-        Updates are stored in any order relative to how they were applied; compaction stays
-        correct because a row is written only after its update is in memory.
+        Updates may be stored in another order than they were applied. Compaction stays correct
+        because a row is written only after its update is in memory.
 
         :param origin: the Socket.IO sid of the sender, which the relay skips; ``None`` for
             edits made by the server.
@@ -470,8 +470,8 @@ class RoomManager:
                 "next compacts this session"
             ) from exc
         with room.lock:
-            # Concurrent appends may finish out of order; compaction deletes rows up to the
-            # highest id, and every row up to it holds an update already in memory.
+            # Concurrent appends may finish out of order. Compaction deletes rows up to the
+            # highest id, and every row up to it contains an update already in memory.
             room.last_update_id = max(room.last_update_id, update_id)
             room.updates_since_compaction += 1
 

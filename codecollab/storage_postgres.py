@@ -28,8 +28,7 @@ whether the commit also waits for PostgreSQL's write-ahead log to reach the disk
 (the default here, like the SQLite store's ``synchronous=NORMAL``), a crash of the PostgreSQL
 server itself can lose the commits of its last few hundred milliseconds (up to three times
 its ``wal_writer_delay``, 200 ms by default). With ``on``, every append waits for a disk flush,
-which took 7 ms at the median on the machine of ``docs/benchmarks.md``, and a connection's
-next update waits for it.
+and a connection's next update waits for it.
 
 Connections come from a ``psycopg_pool.ConnectionPool``. psycopg 3 cooperates with gevent's
 monkey-patching (since 3.1.14), so a query does not block the other greenlets; it does not
