@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def rabbit_env(tmp_path: Path, rabbitmq_url: str, unique_prefix: str) -> Iterato
 @pytest.fixture
 def embedded_env(tmp_path: Path, unique_prefix: str) -> dict[str, str]:
     """Scheduler environment on the embedded SQLite broker."""
-    broker = f"sqla+sqlite:///{tmp_path / 'broker.db'}"
+    broker = f"sqlite:///{tmp_path / 'broker.sqlite3'}"
     return scheduler_environ(tmp_path, broker, unique_prefix)
 
 
@@ -186,7 +187,10 @@ def start_worker() -> Iterator[Callable[..., WorkerProcess]]:
         wait: bool = True,
     ) -> WorkerProcess:
         names = queues or [env["SCHEDULER_VIDEO_QUEUE"], env["SCHEDULER_IO_QUEUE"]]
-        worker = WorkerProcess(env, names, f"{name}-{len(workers)}", pool)
+        # Node names are global on the broker (each worker declares an exclusive
+        # "<name>.celery.pidbox" queue), so they must be unique across concurrent test runs.
+        unique = f"{name}-{len(workers)}-{uuid.uuid4().hex[:8]}"
+        worker = WorkerProcess(env, names, unique, pool)
         workers.append(worker)
         if wait:
             worker.wait_ready()
