@@ -68,7 +68,7 @@ class Settings:
     http_rate_limit: str = "300/minute, burst 100"
     connect_rate_limit: str = "120/minute, burst 60"
     socket_rate_limit: str = "100/second, burst 300"
-    socket_throttle_max_pending: int = 50
+    socket_flood_seconds: float = 2.0
     rate_limit_storage: str = "memory://"
     proxy_count: int = 0
 
@@ -76,9 +76,11 @@ class Settings:
     database_url: str = ""
     database_schema: str = "public"
     database_pool_size: int = 4
+    database_synchronous_commit: str = "off"
     message_queue: str = ""
     cluster_channel: str = "codecollab"
     cluster_heartbeat: float = 2.0
+    cluster_resync_interval: float = 30.0
 
     @property
     def uses_postgres(self) -> bool:
@@ -196,8 +198,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
             "CODECOLLAB_CONNECT_RATE_LIMIT", "120/minute, burst 60", environ
         ),
         socket_rate_limit=env_str("CODECOLLAB_SOCKET_RATE_LIMIT", "100/second, burst 300", environ),
-        socket_throttle_max_pending=env_int(
-            "CODECOLLAB_SOCKET_THROTTLE_MAX_PENDING", 50, minimum=1, environ=environ
+        socket_flood_seconds=env_float(
+            "CODECOLLAB_SOCKET_FLOOD_SECONDS", 2.0, minimum=0.1, maximum=60.0, environ=environ
         ),
         rate_limit_storage=env_str(
             "CODECOLLAB_RATE_LIMIT_STORAGE",
@@ -207,6 +209,17 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
         proxy_count=env_int("CODECOLLAB_PROXY_COUNT", 0, minimum=0, maximum=10, environ=environ),
         **scale_out,
     )
+
+
+def _read_synchronous_commit(environ: Mapping[str, str] | None) -> str:
+    value = env_str("CODECOLLAB_DATABASE_SYNCHRONOUS_COMMIT", "off", environ).lower()
+    if value not in ("off", "on"):
+        raise ConfigError(
+            f"CODECOLLAB_DATABASE_SYNCHRONOUS_COMMIT={value!r} is not valid; use off (an "
+            "acknowledged edit survives a killed editor) or on (it also survives a PostgreSQL "
+            "crash, at the cost of a disk flush per edit)"
+        )
+    return value
 
 
 def _read_scale_out(environ: Mapping[str, str] | None) -> dict[str, object]:
@@ -250,6 +263,7 @@ def _read_scale_out(environ: Mapping[str, str] | None) -> dict[str, object]:
     return {
         "database_url": database_url,
         "database_schema": schema,
+        "database_synchronous_commit": _read_synchronous_commit(environ),
         "database_pool_size": env_int(
             "CODECOLLAB_DATABASE_POOL_SIZE", 4, minimum=1, maximum=100, environ=environ
         ),
@@ -257,5 +271,8 @@ def _read_scale_out(environ: Mapping[str, str] | None) -> dict[str, object]:
         "cluster_channel": channel,
         "cluster_heartbeat": env_float(
             "CODECOLLAB_CLUSTER_HEARTBEAT", 2.0, minimum=0.1, maximum=60.0, environ=environ
+        ),
+        "cluster_resync_interval": env_float(
+            "CODECOLLAB_CLUSTER_RESYNC_INTERVAL", 30.0, minimum=0.1, environ=environ
         ),
     }

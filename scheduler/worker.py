@@ -201,7 +201,6 @@ def process_video(self: Task, upload: str, height: int, thumbnails: int) -> dict
         raise
 
     _publish_outputs(task_id, scratch)
-    source.unlink(missing_ok=True)
     result = {
         "files": file_entries(task_id, [output.video, *output.thumbnails]),
         "source": info.to_json(),
@@ -214,6 +213,9 @@ def process_video(self: Task, upload: str, height: int, thumbnails: int) -> dict
         },
     }
     store.finish(task_id, SUCCEEDED, message="done", result=result)
+    # The upload goes only after the success is recorded: a worker lost in between leaves a
+    # redelivery that start() skips, instead of one that fails on a missing upload.
+    source.unlink(missing_ok=True)
     logger.info(
         "task %s: wrote %s and %d thumbnails", task_id, output.video, len(output.thumbnails)
     )

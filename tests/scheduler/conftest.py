@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -186,7 +187,10 @@ def start_worker() -> Iterator[Callable[..., WorkerProcess]]:
         wait: bool = True,
     ) -> WorkerProcess:
         names = queues or [env["SCHEDULER_VIDEO_QUEUE"], env["SCHEDULER_IO_QUEUE"]]
-        worker = WorkerProcess(env, names, f"{name}-{len(workers)}", pool)
+        # Node names are global on the broker (each worker declares an exclusive
+        # "<name>.celery.pidbox" queue), so they must be unique across concurrent test runs.
+        unique = f"{name}-{len(workers)}-{uuid.uuid4().hex[:8]}"
+        worker = WorkerProcess(env, names, unique, pool)
         workers.append(worker)
         if wait:
             worker.wait_ready()
