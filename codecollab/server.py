@@ -55,7 +55,11 @@ class EditorServer:
         self._install_signal_handlers()
         self.socketio.start_background_task(self._sweep_forever)
         if self.cluster is not None:
+            self.cluster.start_listening()
             self.socketio.start_background_task(self.cluster.beat_forever)
+            self.socketio.start_background_task(
+                self.cluster.resync_forever, self.settings.cluster_resync_interval
+            )
         logger.info(
             "CodeCollab listening on http://%s:%d (async mode %s, database %s%s)",
             self.settings.host,
