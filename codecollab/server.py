@@ -72,6 +72,7 @@ class EditorServer:
             if self.settings.async_mode == "gevent":
                 self._serve_gevent()
             else:
+                # eventlet's own WSGI server, or Werkzeug's for threading (meant for development).
                 self.socketio.run(
                     self.app,
                     host=self.settings.host,
@@ -96,6 +97,8 @@ class EditorServer:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 super().__init__(sock, address, server, rfile)
 
+        # NOTE: gevent-websocket reads a whole frame before Engine.IO compares it with
+        # max_http_buffer_size, so one huge frame is buffered in memory before it is rejected.
         self.socketio.wsgi_server = pywsgi.WSGIServer(
             (self.settings.host, self.settings.port),
             self.app,
