@@ -257,7 +257,11 @@ class ClusterNode:
     def _send_presence(self, session_id: str) -> None:
         if self._rooms.loaded(session_id) is None:
             return
-        snapshot = self.presence.snapshot(session_id)
+        try:
+            snapshot = self.presence.snapshot(session_id)
+        except redis.RedisError as exc:
+            logger.error("session %s: failed to read presence from Redis: %s", session_id, exc)
+            return
         self._socketio.emit("presence", snapshot, to=room_name(session_id), ignore_queue=True)
 
     def beat_forever(self) -> None:
