@@ -104,7 +104,7 @@ class ClusterManager(socketio.RedisManager):
             try:
                 self._feed_local_documents(session_id, event, message)
             except Exception:
-                # Delivery to the clients goes on: their own sync handshake heals the gap.
+                # Delivery to the clients goes on; the periodic resync repairs this copy.
                 logger.exception(
                     "session %s: failed to apply a %s message from another process",
                     session_id,
