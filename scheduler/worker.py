@@ -33,6 +33,7 @@ from scheduler.celery_app import (
     make_celery,
 )
 from scheduler.config import EMBEDDED_BROKER_LIMITS, load_settings
+from scheduler.logfilters import quiet_housekeeping
 from scheduler.publisher import BrokerUnavailable, Publisher
 from scheduler.taskstore import (
     CANCELLED,
@@ -48,6 +49,8 @@ logger = logging.getLogger(__name__)
 settings = load_settings()
 celery_app = make_celery(settings)
 store = TaskStore(settings.task_db)
+# The dispatcher runs every few seconds; its routine Celery lines go to DEBUG.
+quiet_housekeeping([DISPATCH_DUE])
 
 # Seconds between two progress writes of one task; cancellation is noticed at the same pace.
 PROGRESS_INTERVAL = 0.25
