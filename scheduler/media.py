@@ -24,7 +24,15 @@ AUDIO_RATE = 48000
 
 
 class NotAVideo(ValueError):
-    """The file cannot be opened as a container with a decodable video stream."""
+    """The file cannot be opened as a container with a decodable video stream.
+
+    ``str()`` names the file; ``reason`` says what is wrong without any path, for messages
+    that reach a client.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class TranscodeCancelled(Exception):
@@ -61,10 +69,13 @@ def probe(path: Path) -> VideoInfo:
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
             if not container.streams.video:
-                raise NotAVideo(f"{path.name} contains no video stream")
+                raise NotAVideo(f"{path.name} contains no video stream", "no video stream")
             video = container.streams.video[0]
             if not video.codec_context.width or not video.codec_context.height:
-                raise NotAVideo(f"{path.name} has a video stream without a frame size")
+                raise NotAVideo(
+                    f"{path.name} has a video stream without a frame size",
+                    "the video stream has no frame size",
+                )
             audio = container.streams.audio[0] if container.streams.audio else None
             rate = video.average_rate or video.guessed_rate or Fraction(25)
             duration = _duration(container, video)
@@ -79,8 +90,13 @@ def probe(path: Path) -> VideoInfo:
                 audio_codec=audio.codec_context.name if audio is not None else None,
                 container=container.format.name,
             )
-    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-        raise NotAVideo(f"{path.name} is not a readable video: {exc}") from exc
+    except av.error.FFmpegError as exc:
+        # str(exc) ends with the file's full path, which must not reach a client.
+        reason = exc.strerror or type(exc).__name__
+        raise NotAVideo(f"{path.name} is not a readable video: {reason}", reason) from exc
+    except UnicodeDecodeError as exc:
+        reason = "its metadata is not valid UTF-8"
+        raise NotAVideo(f"{path.name} is not a readable video: {reason}", reason) from exc
 
 
 def _duration(container: av.container.InputContainer, stream: av.VideoStream) -> float:

@@ -194,7 +194,7 @@ def create_app(
                 info = media.probe(part_path)
             except media.NotAVideo as exc:
                 raise inputs.InvalidInput(
-                    f"{upload.filename!r} is not a video FFmpeg can decode ({exc});"
+                    f"{upload.filename!r} is not a video FFmpeg can decode ({exc.reason});"
                     " upload a video file such as MP4, MKV or WebM",
                     415,
                 ) from None

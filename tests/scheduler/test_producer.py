@@ -95,6 +95,16 @@ def test_upload_bad_file(api, content, filename, fields, status, fragment) -> No
     assert fragment in response.get_json()["error"]
 
 
+def test_upload_not_video_hides_paths(api) -> None:  # noqa: ANN001
+    settings, client = api
+    data = {"file": (io.BytesIO(b"hello, this is text"), "notes.mp4")}
+    response = client.post("/process-video", data=data, content_type="multipart/form-data")
+    error = response.get_json()["error"]
+    assert "Invalid data found" in error
+    assert str(settings.media_root) not in error
+    assert ".part-" not in error
+
+
 @pytest.mark.parametrize(
     ("fields", "fragment"),
     [
