@@ -41,6 +41,11 @@ class ReportSummary:
     failures: int
 
 
+def count_tasks(count: int) -> str:
+    """Return "1 task" or "N tasks"."""
+    return f"{count} task" if count == 1 else f"{count} tasks"
+
+
 def duration(record: TaskRecord) -> float | None:
     """Return how long the task ran in seconds, or ``None`` when it never finished a run."""
     if record.started_at is None or record.finished_at is None:
@@ -114,7 +119,7 @@ def write_html(records: list[TaskRecord], path: Path, period: str) -> None:
     ]
 
     sections = [
-        f"<h1>Task activity</h1><p>{html.escape(period)}: {len(records)} tasks.</p>",
+        f"<h1>Task activity</h1><p>{html.escape(period)}: {count_tasks(len(records))}.</p>",
         "<h2>Counts</h2>" + _table(["kind", "state", "tasks"], count_rows),
         "<h2>Durations (seconds)</h2>"
         + _table(["kind", "runs", "mean", "median", "p95", "max"], duration_rows),

@@ -249,7 +249,9 @@ def generate_report(self: Task, since: float | None, until: float | None) -> dic
         "by_kind": summary.by_kind,
         "failures": summary.failures,
     }
-    store.finish(task_id, SUCCEEDED, message=f"report of {summary.tasks} tasks", result=result)
+    store.finish(
+        task_id, SUCCEEDED, message=f"report of {reports.count_tasks(summary.tasks)}", result=result
+    )
     return result
 
 

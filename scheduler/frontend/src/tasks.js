@@ -256,7 +256,9 @@ export class TaskList {
         .map(([status, count]) => `${status}: ${count}`)
         .join(" · ");
     }
-    if (typeof result.tasks === "number") return `${result.tasks} tasks in the period`;
+    if (typeof result.tasks === "number") {
+      return `${result.tasks} ${result.tasks === 1 ? "task" : "tasks"} in the period`;
+    }
     return "";
   }
 
