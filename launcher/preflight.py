@@ -137,7 +137,8 @@ def describe_taken_port(endpoint: Endpoint) -> str:
     if owner.under_launcher:
         return (
             f"{head} by pid {owner.pid} ({owner.command}), started by another `make run`. "
-            "Press Ctrl-C in that terminal first, or pick other ports."
+            f"Press Ctrl-C in that terminal first, or set {endpoint.port_variable} to a free "
+            "port in .env or the environment."
         )
     return f"{head} by pid {owner.pid} ({owner.command}). {fix}"
 

@@ -1,5 +1,8 @@
 import os
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +109,31 @@ def test_rate_limit_warnings_for_memory_storage(storage: str, warnings: int) -> 
         ratelimit_storage={"RATELIMIT_STORAGE_URL": storage},
     )
     assert len(rate_limit_warnings(config)) == warnings
+
+
+LISTENER = (
+    "import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen();"
+    " print(s.getsockname()[1], flush=True); time.sleep(30)"
+)
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
+def test_check_ports_other_launcher_names_variable() -> None:
+    # The shell's command line holds "-m launcher", so the listener looks like a process of
+    # another `make run`; the trailing `true` keeps the shell from exec-ing the listener.
+    script = f'{sys.executable} -c "{LISTENER}"; true -m launcher'
+    shell = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(shell.stdout.readline())
+        [message] = check_ports([_endpoint(port)], {"editor"})
+    finally:
+        for child in _children(shell.pid):
+            os.kill(child, signal.SIGTERM)
+        shell.wait(timeout=10)
+    assert "started by another `make run`" in message
+    assert "set CODECOLLAB_PORT to a free port" in message
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()]
