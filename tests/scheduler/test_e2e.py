@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
 import av
+import pytest
 
 from tests.scheduler.conftest import make_client, upload, wait_for_state
 
@@ -132,3 +135,42 @@ def test_cleanup_removes_old_outputs(rabbit_env, start_worker, clip_path: Path) 
     assert task["result"]["files"] == []
     assert task["result"]["expired"] is True
     assert client.get(f"/files/{task_id}/video.mp4").status_code == 404
+
+
+def _pool_children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize(
+    "env_fixture",
+    [
+        "rabbit_env",
+        pytest.param(
+            "embedded_env",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    "the SQLite transport is not asynchronous, so Celery runs the blocking"
+                    " prefork pool, whose idle processes share one read lock on the task pipe;"
+                    " a process killed while holding it stops the worker for good"
+                ),
+            ),
+        ),
+    ],
+)
+def test_idle_pool_process_killed(
+    request: pytest.FixtureRequest, env_fixture: str, start_worker, clip_path: Path
+) -> None:
+    env = request.getfixturevalue(env_fixture)
+    _, _, client = make_client(env)
+    worker = start_worker(env)
+    [child] = _pool_children(worker.process.pid)
+    time.sleep(1.0)  # let the idle pool process block on the task pipe
+    os.kill(child, signal.SIGKILL)
+    time.sleep(1.0)  # the pool replaces it
+
+    task_id = upload(client, clip_path, height="180", thumbnails="1").get_json()["task_id"]
+    task = wait_for_state(client, task_id, {"succeeded", "failed"}, timeout=20)
+    assert task["state"] == "succeeded", task
