@@ -4,8 +4,14 @@ The async mode (``CODECOLLAB_ASYNC_MODE``, gevent by default) is read before any
 imported, because gevent and eventlet must monkey-patch the standard library first.
 """
 
-from codecollab.config import read_async_mode
-from envconfig import load_env
+try:
+    from codecollab.config import read_async_mode
+    from envconfig import load_env
+except ModuleNotFoundError as exc:  # a Python without this repository's packages
+    raise SystemExit(
+        f"error: cannot import {exc.name!r}. Run `make setup` at the repository root, then"
+        " `. .venv/bin/activate` before `python app.py`, or run `../.venv/bin/python app.py`."
+    ) from None
 
 load_env()
 _ASYNC_MODE = read_async_mode()

@@ -6,9 +6,15 @@ The app is built by :func:`scheduler.producer.create_app` and served by
 
 import logging
 
-from scheduler.config import load_settings
-from scheduler.producer import create_app
-from scheduler.server import serve
+try:
+    from scheduler.config import load_settings
+    from scheduler.producer import create_app
+    from scheduler.server import serve
+except ModuleNotFoundError as exc:  # a Python without this repository's packages
+    raise SystemExit(
+        f"error: cannot import {exc.name!r}. Run `make setup` at the repository root, then"
+        " `. .venv/bin/activate` before `python app.py`, or run `../.venv/bin/python app.py`."
+    ) from None
 
 if __name__ == "__main__":
     logging.basicConfig(
