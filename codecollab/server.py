@@ -139,8 +139,10 @@ class EditorServer:
             import gevent
 
             # gevent runs signal handlers in its hub; stopping the WSGI server makes
-            # socketio.run() return normally.
-            gevent.signal_handler(signal.SIGTERM, self._stop_gevent)
+            # socketio.run() return normally. Without a SIGINT handler, Ctrl-C raises
+            # KeyboardInterrupt inside the hub, which prints it with a timestamp to stderr.
+            gevent.signal_handler(signal.SIGTERM, self._stop_gevent, signal.SIGTERM)
+            gevent.signal_handler(signal.SIGINT, self._stop_gevent, signal.SIGINT)
             return
 
         def stop(signum: int, _frame: Any) -> None:
@@ -149,8 +151,8 @@ class EditorServer:
 
         signal.signal(signal.SIGTERM, stop)
 
-    def _stop_gevent(self) -> None:
-        logger.info("received SIGTERM, stopping")
+    def _stop_gevent(self, signum: int) -> None:
+        logger.info("received %s, stopping", signal.Signals(signum).name)
         self.socketio.wsgi_server.stop()
 
 

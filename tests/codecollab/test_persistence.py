@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import urllib.request
 from pathlib import Path
@@ -47,6 +48,17 @@ def test_text_survives_clean_restart(start_editor: ServerFactory) -> None:
 
     restarted = start_editor(database_path=server.database_path)
     assert server_text(restarted, session) == expected
+
+
+def test_ctrl_c_stops_quietly(start_editor: ServerFactory) -> None:
+    server = start_editor()
+    assert server.process is not None
+    server.process.send_signal(signal.SIGINT)
+    assert server.process.wait(timeout=15) == 0
+    log = server.log_text()
+    assert "received SIGINT, stopping" in log
+    assert "CodeCollab stopped" in log
+    assert "KeyboardInterrupt" not in log
 
 
 def test_acknowledged_updates_survive_sigkill(start_editor: ServerFactory) -> None:
