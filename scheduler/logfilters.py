@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-# The message templates of Celery 5 that name one task run (celery/app/trace.py,
+# The message templates of Celery 5.7 that name one task run (celery/app/trace.py,
 # celery/worker/strategy.py and celery/beat.py).
 _TASK_MESSAGES = (
     "Task %(name)s[%(id)s] received",

@@ -26,7 +26,7 @@ AUDIO_RATE = 48000
 class NotAVideo(ValueError):
     """The file cannot be opened as a container with a decodable video stream.
 
-    ``str()`` names the file; ``reason`` says what is wrong without any path, for messages
+    ``str()`` names the file; ``reason`` describes what is wrong without any path, for messages
     that reach a client.
     """
 

@@ -119,7 +119,7 @@ LISTENER = (
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
 def test_check_ports_other_launcher_names_variable() -> None:
-    # The shell's command line holds "-m launcher", so the listener looks like a process of
+    # The shell's command line contains "-m launcher", so the listener looks like a process of
     # another `make run`; the trailing `true` keeps the shell from exec-ing the listener.
     script = f'{sys.executable} -c "{LISTENER}"; true -m launcher'
     shell = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, text=True)

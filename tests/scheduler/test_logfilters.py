@@ -78,7 +78,7 @@ def test_filter_demotes_at_debug(captured: tuple[logging.Logger, _Capture]) -> N
 
 
 def test_celery_templates_unchanged() -> None:
-    """The filter matches Celery's own templates; a Celery upgrade that changes them fails here."""
+    """The filter matches Celery's templates, so an upgrade that changes them fails here."""
     from scheduler import logfilters
 
     assert (trace.LOG_RECEIVED, trace.LOG_SUCCESS) == logfilters._TASK_MESSAGES

@@ -1,4 +1,4 @@
-"""`python app.py` run with a Python that lacks the repository's packages says what to do."""
+"""`python app.py` run with a Python that lacks the repository's packages prints what to do."""
 
 from __future__ import annotations
 
