@@ -32,7 +32,7 @@ EXPIRED = "expired"
 
 @dataclass(frozen=True)
 class DeadLetterTarget:
-    """Where the dead-lettered messages of one queue go."""
+    """The exchange and routing key that receive the dead-lettered messages of one queue."""
 
     exchange: str  # "" is the default exchange, which routes to the queue named by the key
     routing_key: str | None  # None keeps the routing key the message was published with
@@ -40,7 +40,7 @@ class DeadLetterTarget:
 
 @dataclass(frozen=True)
 class DeadLettered:
-    """What happened to one message removed from ``queue`` by a reject or its expiry."""
+    """The outcome of removing one message from ``queue`` by a reject or its expiry."""
 
     queue: str
     target: DeadLetterTarget | None  # None: the queue has no dead-letter exchange
