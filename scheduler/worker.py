@@ -141,7 +141,6 @@ def _record_retry(request: Any = None, reason: Any = None, **_: Any) -> None:
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     if settings.embedded_broker:
         logger.warning(EMBEDDED_BROKER_LIMITS)
-        return
     try:
         declare_topology(celery_app, settings)
     except Exception as exc:  # noqa: BLE001 - the worker keeps running without the DLQ
