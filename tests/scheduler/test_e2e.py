@@ -14,6 +14,7 @@ from pathlib import Path
 import av
 import pytest
 
+from scheduler import media
 from tests.scheduler.conftest import make_client, upload, wait_for_state
 
 # The broker name that GET /healthz reports.
@@ -48,11 +49,19 @@ def test_video_e2e(broker, broker_env, start_worker, clip_path: Path) -> None:  
     assert thumb.data[:2] == b"\xff\xd8"
 
 
-def test_cancel_running_video(broker_env, start_worker, clip_path: Path) -> None:
+@pytest.fixture(scope="module")
+def long_clip_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 12-second clip, so a cancel lands well before the transcode ends, even under load."""
+    path = tmp_path_factory.mktemp("long-clip") / "long.mp4"
+    media.generate_clip(path, seconds=12.0, width=640, height=360)
+    return path
+
+
+def test_cancel_running_video(broker_env, start_worker, long_clip_path: Path) -> None:
     env = {**broker_env, "VIDEO_X264_PRESET": "veryslow"}
     settings, _, client = make_client(env)
     start_worker(env)
-    task_id = upload(client, clip_path).get_json()["task_id"]
+    task_id = upload(client, long_clip_path).get_json()["task_id"]
     wait_for_state(client, task_id, {"progress"}, timeout=30)
 
     response = client.delete(f"/tasks/{task_id}")
