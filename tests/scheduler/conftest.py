@@ -25,6 +25,7 @@ from envconfig import repo_root
 from scheduler import media
 from scheduler.config import Settings, load_settings
 from scheduler.producer import create_app
+from tests.scheduler.s3_server import MotoServer
 
 SCHEDULER_DIR = repo_root() / "scheduler"
 WORKER_READY_TIMEOUT = 60.0
@@ -57,6 +58,22 @@ def clip_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("clips") / "clip.mp4"
     media.generate_clip(path, seconds=3.0, width=640, height=360)
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoServer]:
+    """moto's S3 server on a free loopback port, shared by the session's tests."""
+    server = MotoServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_media_env(s3_server: MotoServer, unique_prefix: str) -> dict[str, str]:
+    """Variables that put the scheduler's media in a new bucket of the moto server."""
+    bucket = unique_prefix.lower()
+    s3_server.client().create_bucket(Bucket=bucket)
+    return s3_server.environ(bucket)
 
 
 @pytest.fixture
