@@ -25,6 +25,7 @@ from envconfig import repo_root
 from scheduler import media
 from scheduler.config import Settings, load_settings
 from scheduler.producer import create_app
+from tests.scheduler.producer_process import ProducerProcess
 from tests.scheduler.s3_server import MotoServer
 
 SCHEDULER_DIR = repo_root() / "scheduler"
@@ -212,6 +213,23 @@ def start_worker() -> Iterator[Callable[..., WorkerProcess]]:
     yield start
     for worker in workers:
         worker.stop()
+
+
+@pytest.fixture
+def start_producer() -> Iterator[Callable[..., ProducerProcess]]:
+    """Return a function that starts ``python app.py`` on a free port; all stop after the test."""
+    producers: list[ProducerProcess] = []
+
+    def start(env: dict[str, str], name: str = "producer", wait: bool = True) -> ProducerProcess:
+        producer = ProducerProcess(env, f"{name}-{len(producers)}")
+        producers.append(producer)
+        if wait:
+            producer.wait_ready()
+        return producer
+
+    yield start
+    for producer in producers:
+        producer.stop()
 
 
 def make_client(env: dict[str, str]):  # noqa: ANN201 - FlaskClient
