@@ -1,0 +1,300 @@
+"""Compare the SQLite broker with kombu's filesystem and SQLAlchemy transports and RabbitMQ.
+
+Run from the repository root::
+
+    .venv/bin/python bench/sqlite_broker_bench.py            # all transports
+    .venv/bin/python bench/sqlite_broker_bench.py --messages 2000 --only sqlite filesystem
+
+For each transport, in one run and in separate processes:
+
+- throughput: one producer publishes ``--messages`` messages as fast as it can while one consumer
+  receives and acks each; messages/s is the count over the time from the first publish to the
+  last ack.
+- latency: the producer publishes ``--latency-messages`` messages at ``--rate`` per second; the
+  consumer records the time from publish to receipt (p50, p95, max, in ms).
+- idle CPU: the consumer waits on an empty queue for ``--idle-seconds``; its CPU time over that
+  wall time.
+
+The virtual transports (SQLite, filesystem, SQLAlchemy) all poll every 50 ms here; kombu's
+default for the other two is 1 s, which would add up to a second of latency. RabbitMQ pushes
+messages, so it has no polling interval. RabbitMQ is skipped when 127.0.0.1:5672 is closed.
+Every run uses fresh files in a temporary folder and a unique RabbitMQ queue, deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import platform
+import queue as queue_module
+import resource
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kombu
+from kombu import Connection, Consumer, Exchange, Producer, Queue
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scheduler.sqlite_broker import register  # noqa: E402
+
+POLLING_INTERVAL = 0.05
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+DEADLINE = 300.0
+# Runs per transport before it is reported as failed; kombu's filesystem consumer can crash on
+# a half-written message file.
+ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Target:
+    """One broker under test: its name, URL and kombu transport options."""
+
+    name: str
+    url: str
+    options: dict[str, Any]
+
+
+def make_targets(folder: Path, names: list[str]) -> list[Target]:
+    spool = folder / "filesystem"
+    spool.mkdir()
+    all_targets = [
+        Target("sqlite (synchronous=FULL, default)", f"sqlite:///{folder / 'full.sqlite3'}", {}),
+        Target(
+            "sqlite (synchronous=NORMAL)",
+            f"sqlite:///{folder / 'normal.sqlite3'}",
+            {"synchronous": "NORMAL"},
+        ),
+        Target(
+            "kombu filesystem",
+            "filesystem://",
+            {"data_folder_in": str(spool), "data_folder_out": str(spool)},
+        ),
+        Target("kombu sqlalchemy (SQLite)", f"sqla+sqlite:///{folder / 'sqla.sqlite3'}", {}),
+        Target("rabbitmq (loopback)", RABBITMQ_URL, {}),
+    ]
+    prefixes = {"sqlite": "sqlite", "filesystem": "kombu filesystem"}
+    prefixes |= {"sqlalchemy": "kombu sqlalchemy", "rabbitmq": "rabbitmq"}
+    wanted = [prefixes[name] for name in names]
+    return [t for t in all_targets if any(t.name.startswith(w) for w in wanted)]
+
+
+def entities(queue_name: str) -> tuple[Exchange, Queue]:
+    exchange = Exchange(queue_name, "direct", durable=True)
+    return exchange, Queue(queue_name, exchange, queue_name, durable=True)
+
+
+def connect(target: Target) -> Connection:
+    register()
+    conn = Connection(target.url, transport_options=dict(target.options))
+    if not target.url.startswith("amqp"):
+        # Set on the transport because the SQLAlchemy transport hands every transport option
+        # to create_engine(), which rejects polling_interval.
+        conn.transport.polling_interval = POLLING_INTERVAL
+    return conn
+
+
+def consume(
+    target: Target, queue_name: str, count: int, ready: Any, control: Any, results: Any
+) -> None:
+    """Receive ``count`` messages, then measure idle CPU for the seconds read from ``control``."""
+    exchange, queue = entities(queue_name)
+    latencies: list[float] = []
+    last = [0.0]
+
+    def on_message(body: dict[str, Any], message: Any) -> None:
+        now = time.time()
+        latencies.append(now - body["t"])
+        last[0] = now
+        message.ack()
+
+    with connect(target) as conn, Consumer(conn, [queue], callbacks=[on_message]) as consumer:
+        consumer.qos(prefetch_count=10)
+        ready.set()
+        deadline = time.monotonic() + DEADLINE
+        while len(latencies) < count and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError, socket.timeout):
+                conn.drain_events(timeout=1)
+
+        idle_seconds = control.get()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_before = usage.ru_utime + usage.ru_stime
+        idle_end = time.monotonic() + idle_seconds
+        while time.monotonic() < idle_end:
+            with contextlib.suppress(TimeoutError, socket.timeout):
+                conn.drain_events(timeout=max(0.01, idle_end - time.monotonic()))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        idle_cpu = (usage.ru_utime + usage.ru_stime - cpu_before) / idle_seconds
+    results.put((latencies, last[0], idle_cpu))
+
+
+def produce(target: Target, queue_name: str, count: int, rate: float | None) -> float:
+    """Publish ``count`` messages, paced at ``rate`` per second when given; return the start."""
+    exchange, queue = entities(queue_name)
+    with connect(target) as conn:
+        conn.connect()
+        producer = Producer(conn)
+        queue(producer.channel).declare()
+        start = time.time()
+        for n in range(count):
+            if rate:
+                time.sleep(max(0.0, start + n / rate - time.time()))
+            producer.publish(
+                {"t": time.time(), "n": n, "pad": "x" * 200},
+                exchange=exchange,
+                routing_key=queue_name,
+                declare=[queue],
+            )
+    return start
+
+
+def run_phase(
+    target: Target, count: int, rate: float | None, idle_seconds: float
+) -> tuple[float, list[float], float]:
+    """Return messages/s, latencies in seconds, and idle CPU as a fraction of one core."""
+    ctx = multiprocessing.get_context("spawn")
+    queue_name = f"bench-{uuid.uuid4().hex[:10]}"
+    ready = ctx.Event()
+    control = ctx.Queue()
+    results = ctx.Queue()
+    consumer = ctx.Process(
+        target=consume, args=(target, queue_name, count, ready, control, results)
+    )
+    consumer.start()
+    if not ready.wait(60):
+        consumer.kill()
+        raise RuntimeError(f"{target.name}: the consumer did not start within 60 s")
+    start = produce(target, queue_name, count, rate)
+    control.put(idle_seconds)
+    try:
+        latencies, last, idle_cpu = wait_result(consumer, results)
+    finally:
+        consumer.join(30)
+        cleanup(target, queue_name)
+    if len(latencies) < count:
+        raise RuntimeError(f"{target.name}: only {len(latencies)} of {count} messages arrived")
+    per_second = count / (last - start)
+    return per_second, latencies, idle_cpu
+
+
+class ConsumerCrashed(RuntimeError):
+    """The consumer process exited before it sent its figures."""
+
+
+def wait_result(consumer: Any, results: Any) -> Any:
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        try:
+            return results.get(timeout=1)
+        except queue_module.Empty:
+            if not consumer.is_alive():
+                raise ConsumerCrashed(f"exit code {consumer.exitcode}") from None
+    consumer.kill()
+    raise ConsumerCrashed(f"no result within {DEADLINE:.0f} s")
+
+
+def cleanup(target: Target, queue_name: str) -> None:
+    if not target.url.startswith("amqp"):
+        return
+    with Connection(target.url) as conn:
+        channel = conn.channel()
+        channel.queue_delete(queue_name)
+        channel.exchange_delete(queue_name)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def rabbitmq_up() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=5000, help="throughput messages")
+    parser.add_argument("--latency-messages", type=int, default=300, help="paced messages")
+    parser.add_argument("--rate", type=float, default=50.0, help="paced messages per second")
+    parser.add_argument("--idle-seconds", type=float, default=5.0, help="idle CPU window")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=["sqlite", "filesystem", "sqlalchemy", "rabbitmq"],
+        choices=["sqlite", "filesystem", "sqlalchemy", "rabbitmq"],
+        help="transports to run",
+    )
+    args = parser.parse_args(argv)
+    if "rabbitmq" in args.only and not rabbitmq_up():
+        print("RabbitMQ is not listening on 127.0.0.1:5672; skipping it", file=sys.stderr)
+        args.only.remove("rabbitmq")
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sqlite-broker-bench-") as folder:
+        for target in make_targets(Path(folder), args.only):
+            print(f"running {target.name} ...", file=sys.stderr)
+            crashes = 0
+            for _ in range(ATTEMPTS):
+                try:
+                    per_second, _, _ = run_phase(target, args.messages, None, 0.01)
+                    _, latencies, idle_cpu = run_phase(
+                        target, args.latency_messages, args.rate, args.idle_seconds
+                    )
+                    break
+                except ConsumerCrashed as exc:
+                    crashes += 1
+                    print(f"{target.name}: consumer crashed ({exc}); retrying", file=sys.stderr)
+            else:
+                rows.append((target.name, float("nan"), 0, 0, 0, 0, crashes))
+                continue
+            rows.append(
+                (
+                    target.name,
+                    per_second,
+                    statistics.median(latencies) * 1000,
+                    percentile(latencies, 0.95) * 1000,
+                    max(latencies) * 1000,
+                    idle_cpu * 100,
+                    crashes,
+                )
+            )
+
+    print(
+        f"\nPython {platform.python_version()}, kombu {kombu.__version__}, "
+        f"SQLite {__import__('sqlite3').sqlite_version}, {platform.machine()}, "
+        f"{multiprocessing.cpu_count()} CPUs; {args.messages} messages for throughput, "
+        f"{args.latency_messages} at {args.rate:.0f}/s for latency\n"
+    )
+    print(
+        "| transport | messages/s | latency p50 ms | p95 ms | max ms | idle CPU % "
+        "| consumer crashes |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, per_second, p50, p95, worst, idle, crashes in rows:
+        print(
+            f"| {name} | {per_second:.0f} | {p50:.1f} | {p95:.1f} | {worst:.1f} | {idle:.1f} "
+            f"| {crashes} |"
+        )
+
+    by_name = {row[0]: row[1] for row in rows}
+    print()
+    for ours in [name for name in by_name if name.startswith("sqlite")]:
+        for other in [name for name in by_name if not name.startswith("sqlite")]:
+            print(f"{ours} / {other}: {by_name[ours] / by_name[other]:.2f}x messages/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,508 @@
+"""Tests of the SQLite transport through kombu, against real database files.
+
+Processes that must die or compete run as real subprocesses; the rest run in the test process
+with several kombu connections to one file.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu.transport import TRANSPORT_ALIASES
+
+from scheduler.sqlite_broker import TRANSPORT_PATH, register
+from scheduler.sqlite_broker.keeper import LeaseKeeper
+from scheduler.sqlite_broker.settings import BrokerSettings
+from scheduler.sqlite_broker.store import Store, StoreError, resolve_path
+from scheduler.sqlite_broker.transport import MessageTooLarge
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+register()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "broker.sqlite3"
+
+
+@pytest.fixture
+def url(db_path: Path) -> str:
+    return f"sqlite:///{db_path}"
+
+
+def connect(url: str, **options: object) -> Connection:
+    return Connection(url, transport_options={"polling_interval": 0.01, **options})
+
+
+def row_count(db_path: Path, table: str = "messages") -> int:
+    with sqlite3.connect(db_path) as conn:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def file_size(db_path: Path) -> int:
+    wal = db_path.with_name(db_path.name + "-wal")
+    return db_path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
+# URLs and settings
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///var/broker.sqlite3", Path("var/broker.sqlite3")),
+        ("sqlite:////srv/app/broker.sqlite3", Path("/srv/app/broker.sqlite3")),
+        ("SQLITE:///b.db", Path("b.db")),
+    ],
+)
+def test_resolve_path_valid(url: str, expected: Path) -> None:
+    assert resolve_path(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite://", "no file path"),
+        ("sqlite:///", "no file path"),
+        ("sqlite:///b.db?timeout=3", "broker_transport_options"),
+        ("sqlite:///:memory:", "in-memory"),
+        ("amqp://localhost//", "expected sqlite:///"),
+    ],
+)
+def test_resolve_path_invalid(url: str, message: str) -> None:
+    with pytest.raises(StoreError, match=message):
+        resolve_path(url)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("visibility_timeout", 0),
+        ("visibility_timeout", "soon"),
+        ("max_message_size", -1),
+        ("fanout_ttl", None),
+        ("busy_timeout", 0),
+    ],
+)
+def test_settings_invalid_option(option: str, value: object) -> None:
+    with pytest.raises(StoreError, match=option):
+        BrokerSettings.from_options("sqlite:///b.db", {option: value})
+
+
+def test_settings_invalid_synchronous(url: str) -> None:
+    with (
+        pytest.raises(StoreError, match="synchronous"),
+        connect(url, synchronous="sometimes") as conn,
+    ):
+        conn.connect()
+
+
+def test_register_alias() -> None:
+    register()
+    assert TRANSPORT_ALIASES["sqlite"] == TRANSPORT_PATH
+
+
+def test_register_conflict() -> None:
+    TRANSPORT_ALIASES["sqlite"] = "elsewhere:Transport"
+    try:
+        with pytest.raises(RuntimeError, match="elsewhere"):
+            register()
+    finally:
+        TRANSPORT_ALIASES["sqlite"] = TRANSPORT_PATH
+
+
+def test_connection_creates_wal_database(tmp_path: Path) -> None:
+    db_path = tmp_path / "new" / "folder" / "broker.sqlite3"
+    with connect(f"sqlite:///{db_path}") as conn:
+        conn.connect()
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+
+
+def test_newer_schema_rejected(db_path: Path, url: str) -> None:
+    with sqlite3.connect(db_path) as raw:
+        raw.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match="schema version 99"), connect(url) as conn:
+        conn.connect()
+
+
+# Publishing and consuming
+
+
+def test_roundtrip_body_and_headers(url: str) -> None:
+    with connect(url) as conn:
+        queue = conn.SimpleQueue("roundtrip")
+        queue.put({"n": 1, "text": "héllo"}, headers={"h": "v"})
+        message = queue.get(timeout=2)
+        message.ack()
+    assert message.payload == {"n": 1, "text": "héllo"}
+    assert message.headers == {"h": "v"}
+
+
+def test_fifo_within_queue(url: str) -> None:
+    with connect(url) as conn:
+        queue = conn.SimpleQueue("fifo")
+        for n in range(50):
+            queue.put(n)
+        received = []
+        for _ in range(50):
+            message = queue.get(timeout=2)
+            received.append(message.payload)
+            message.ack()
+    assert received == list(range(50))
+
+
+def test_priority_order(url: str) -> None:
+    with connect(url) as conn:
+        queue = conn.SimpleQueue("priority")
+        for n, priority in enumerate([0, 5, 9, 5, 0]):
+            queue.put(n, priority=priority)
+        received = []
+        for _ in range(5):
+            message = queue.get(timeout=2)
+            received.append(message.payload)
+            message.ack()
+    assert received == [2, 1, 3, 0, 4]
+
+
+def test_ack_deletes_row(url: str, db_path: Path) -> None:
+    with connect(url) as conn:
+        queue = conn.SimpleQueue("ack")
+        queue.put("x")
+        queue.get(timeout=2).ack()
+        assert row_count(db_path) == 0
+
+
+def test_unacked_row_kept(url: str, db_path: Path) -> None:
+    with connect(url) as conn:
+        queue = conn.SimpleQueue("unacked")
+        queue.put("x")
+        queue.get(timeout=2)
+        assert row_count(db_path) == 1
+
+
+def test_reject_deletes_row(url: str, db_path: Path) -> None:
+    with connect(url) as conn:
+        queue = conn.SimpleQueue("reject")
+        queue.put("x")
+        queue.get(timeout=2).reject()
+        assert row_count(db_path) == 0
+
+
+def test_requeue_redelivers_at_once(url: str) -> None:
+    with connect(url, visibility_timeout=60) as conn:
+        queue = conn.SimpleQueue("requeue")
+        queue.put("first")
+        queue.put("second")
+        queue.get(timeout=2).requeue()
+        again = queue.get(timeout=0.5)
+        again.ack()
+    assert again.payload == "first"
+    assert again.delivery_info["redelivered"] is True
+
+
+def test_first_delivery_not_redelivered(url: str) -> None:
+    with connect(url) as conn:
+        queue = conn.SimpleQueue("fresh")
+        queue.put("x")
+        message = queue.get(timeout=2)
+        message.ack()
+    assert not message.delivery_info.get("redelivered")
+
+
+def test_claimed_message_hidden(url: str) -> None:
+    with connect(url) as first, connect(url) as second:
+        first.SimpleQueue("hidden").put("x")
+        first.SimpleQueue("hidden").get(timeout=2)
+        with pytest.raises(second.SimpleQueue("hidden").Empty):
+            second.SimpleQueue("hidden").get(timeout=0.3)
+
+
+def test_close_releases_unacked(url: str) -> None:
+    first = connect(url, visibility_timeout=60)
+    queue = first.SimpleQueue("close")
+    queue.put("x")
+    queue.get(timeout=2)
+    first.release()
+    with connect(url) as second:
+        message = second.SimpleQueue("close").get(timeout=1)
+        message.ack()
+    assert message.payload == "x"
+
+
+def test_message_too_large(url: str, db_path: Path) -> None:
+    with connect(url, max_message_size=10_000) as conn:
+        queue = conn.SimpleQueue("large")
+        with pytest.raises(MessageTooLarge, match="max_message_size of 10000 bytes"):
+            queue.put("x" * 20_000)
+        assert row_count(db_path) == 0
+
+
+def test_message_expiration(url: str) -> None:
+    with connect(url) as conn:
+        queue = conn.SimpleQueue("ttl")
+        queue.put("short", expiration=0.1)
+        queue.put("long")
+        time.sleep(0.2)
+        message = queue.get(timeout=1)
+        message.ack()
+    assert message.payload == "long"
+
+
+def test_queue_message_ttl(url: str) -> None:
+    exchange = Exchange("ttl-exchange", "direct")
+    queue = Queue("ttl-queue", exchange, "k", message_ttl=0.1)
+    with connect(url) as conn:
+        producer = Producer(conn)
+        producer.publish("gone", exchange=exchange, routing_key="k", declare=[queue])
+        time.sleep(0.2)
+        producer.publish("kept", exchange=exchange, routing_key="k")
+        message = conn.SimpleQueue(queue).get(timeout=1)
+        message.ack()
+    assert message.payload == "kept"
+
+
+def test_queue_declare_counts_ready(url: str) -> None:
+    with connect(url) as conn:
+        queue = conn.SimpleQueue("count")
+        for n in range(3):
+            queue.put(n)
+        queue.get(timeout=1)
+        _, ready, _ = conn.default_channel.queue_declare("count", passive=True)
+    assert ready == 2
+
+
+def test_purge_keeps_claimed(url: str, db_path: Path) -> None:
+    with connect(url) as conn:
+        queue = conn.SimpleQueue("purge")
+        for n in range(3):
+            queue.put(n)
+        queue.get(timeout=1)
+        purged = queue.clear()
+        assert purged == 2
+        assert row_count(db_path) == 1
+
+
+def test_passive_declare_missing_queue(url: str) -> None:
+    with connect(url) as conn, pytest.raises(conn.channel_errors):
+        conn.default_channel.queue_declare("never-declared", passive=True)
+
+
+# Routing across connections
+
+
+def test_binding_shared_between_connections(url: str) -> None:
+    exchange = Exchange("tasks", "direct")
+    queue = Queue("work", exchange, "work.key")
+    with connect(url) as worker, connect(url) as producer:
+        queue(worker.default_channel).declare()
+        # The producer never declared the queue; it learns the binding from the database.
+        Producer(producer).publish("routed", exchange="tasks", routing_key="work.key")
+        message = worker.SimpleQueue(queue).get(timeout=2)
+        message.ack()
+    assert message.payload == "routed"
+
+
+def test_topic_routing(url: str) -> None:
+    exchange = Exchange("topics", "topic")
+    queue = Queue("eu-events", exchange, "events.eu.*")
+    with connect(url) as worker, connect(url) as producer:
+        queue(worker.default_channel).declare()
+        Producer(producer).publish("us", exchange="topics", routing_key="events.us.paris")
+        Producer(producer).publish("eu", exchange="topics", routing_key="events.eu.paris")
+        message = worker.SimpleQueue(queue).get(timeout=2)
+        message.ack()
+    assert message.payload == "eu"
+
+
+def test_fanout_reaches_every_connection(url: str) -> None:
+    exchange = Exchange("broadcast", "fanout")
+    connections = [connect(url) for _ in range(3)]
+    received: list[list[object]] = [[] for _ in connections]
+    consumers = []
+    try:
+        for n, conn in enumerate(connections):
+            consumer = Consumer(
+                conn,
+                [Queue(f"node-{n}", exchange)],
+                callbacks=[lambda body, message, n=n: received[n].append(body)],
+                no_ack=True,
+            )
+            consumer.consume()
+            consumers.append(consumer)
+        Producer(connections[0]).publish({"cmd": "ping"}, exchange=exchange, routing_key="")
+        for conn in connections:
+            conn.drain_events(timeout=2)
+    finally:
+        for conn in connections:
+            conn.release()
+    assert received == [[{"cmd": "ping"}]] * 3
+
+
+def test_fanout_skips_older_broadcasts(url: str) -> None:
+    exchange = Exchange("late", "fanout")
+    with connect(url) as producer, connect(url) as late:
+        Producer(producer).publish("before", exchange=exchange, routing_key="", declare=[exchange])
+        received: list[object] = []
+        with Consumer(
+            late,
+            [Queue("late-node", exchange)],
+            callbacks=[lambda body, message: received.append(body)],
+            no_ack=True,
+        ):
+            Producer(producer).publish("after", exchange=exchange, routing_key="")
+            late.drain_events(timeout=2)
+            with pytest.raises(TimeoutError):
+                late.drain_events(timeout=0.2)
+    assert received == ["after"]
+
+
+# Leases
+
+
+KILLED_CONSUMER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from kombu import Connection
+    from scheduler.sqlite_broker import register
+    register()
+    conn = Connection(sys.argv[1], transport_options={"visibility_timeout": 0.5})
+    message = conn.SimpleQueue("lease").get(timeout=5)
+    print(message.payload, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_expired_lease_redelivers(url: str) -> None:
+    with connect(url) as conn:
+        conn.SimpleQueue("lease").put("survives")
+    result = subprocess.run(
+        [sys.executable, "-c", KILLED_CONSUMER, url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == -signal.SIGKILL
+    assert result.stdout.strip() == "survives"
+    with connect(url) as conn:
+        message = conn.SimpleQueue("lease").get(timeout=3)
+        message.ack()
+    assert message.payload == "survives"
+    assert message.delivery_info["redelivered"] is True
+
+
+def test_live_lease_renewed(url: str) -> None:
+    """A message held longer than the visibility timeout stays with its live holder."""
+    with connect(url, visibility_timeout=0.4) as holder, connect(url) as other:
+        queue = holder.SimpleQueue("renewed")
+        queue.put("eta task")
+        held = queue.get(timeout=2)
+        time.sleep(1.5)
+        with pytest.raises(queue.Empty):
+            other.SimpleQueue("renewed").get(timeout=0.3)
+        held.ack()
+        with pytest.raises(queue.Empty):
+            other.SimpleQueue("renewed").get(timeout=0.6)
+
+
+def test_late_ack_ignored_after_redelivery(url: str, db_path: Path) -> None:
+    with connect(url, visibility_timeout=0.3) as slow, connect(url) as fast:
+        slow.SimpleQueue("late-ack").put("x")
+        held = slow.SimpleQueue("late-ack").get(timeout=2)
+        slow.transport._keeper.stop()  # simulates a hung holder
+        time.sleep(0.5)
+        again = fast.SimpleQueue("late-ack").get(timeout=2)
+        held.ack()
+        assert row_count(db_path) == 1
+        again.ack()
+        assert row_count(db_path) == 0
+
+
+# Concurrency and disk use
+
+
+def test_locked_database_waits(url: str, db_path: Path) -> None:
+    with connect(url, busy_timeout=10) as conn:
+        queue = conn.SimpleQueue("locked")
+        queue.put("warm-up")
+        blocker = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+        blocker.execute("BEGIN EXCLUSIVE")
+        timer = threading.Timer(0.5, lambda: blocker.execute("COMMIT"))
+        timer.start()
+        started = time.monotonic()
+        queue.put("after the lock")
+        waited = time.monotonic() - started
+        timer.join()
+        blocker.close()
+    assert waited >= 0.4
+
+
+def test_file_size_returns_after_10k(url: str, db_path: Path) -> None:
+    body = "x" * 1000
+    # Durability settings do not change the file size, and NORMAL keeps the test short.
+    with connect(url, maintenance_interval=0.5, synchronous="NORMAL") as conn:
+        queue = conn.SimpleQueue("disk")
+        queue.put("warm-up")
+        queue.get(timeout=2).ack()
+        start_size = file_size(db_path)
+
+        for n in range(10_000):
+            queue.put({"n": n, "body": body})
+        peak_size = file_size(db_path)
+        for _ in range(10_000):
+            queue.get(timeout=2).ack()
+
+        deadline = time.monotonic() + 10
+        while file_size(db_path) > start_size + 64 * 1024 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        end_size = file_size(db_path)
+    assert peak_size > 10_000_000
+    assert end_size <= start_size + 64 * 1024
+
+
+def test_keeper_deletes_idle_expiring_queue(db_path: Path, url: str) -> None:
+    with connect(url) as conn:
+        conn.default_channel.queue_declare("reply", arguments={"x-expires": 10})
+        conn.SimpleQueue("reply").put("late reply")
+    settings = BrokerSettings.from_options(url, {"maintenance_interval": 0.1})
+    store = Store(db_path)
+    # Pretends the queue has been idle for two minutes, past the 60-second floor.
+    store.run(lambda c: c.execute("UPDATE queues SET last_used = last_used - 120"))
+    store.run(lambda c: c.execute("UPDATE meta SET value = 0"))
+    keeper = LeaseKeeper(settings, "test-owner", lambda: ())
+    keeper.tick()
+    keeper.stop()
+    store.close()
+    assert row_count(db_path) == 0
+    assert row_count(db_path, "queues") == 0
+
+
+def test_pid_reconnect_after_fork(db_path: Path) -> None:
+    store = Store(db_path)
+    store.initialize()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            store.publish("forked", 0, "{}", None, time.time())
+            os.write(write, b"ok")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 2) == b"ok"
+    assert store.size("forked", time.time()) == 1
+    store.close()
