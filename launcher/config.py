@@ -66,7 +66,8 @@ class LauncherConfig:
     endpoints: list[Endpoint]
     log_readiness: list[LogReadiness] = field(default_factory=list)
     broker_url: str = ""  # CELERY_BROKER_URL; empty means the embedded broker
-    ratelimit_storage_url: str = ""  # rate-limiter storage; memory:// is per process
+    ratelimit_storage_url: str = ""  # producer's rate-limiter storage; memory:// is per process
+    editor_ratelimit_storage_url: str = ""  # editor's rate-limiter storage
 
 
 def _url_host(host: str) -> str:
@@ -117,6 +118,7 @@ def load_config(procfile: Path | None = None) -> LauncherConfig:
         log_readiness=log_readiness,
         broker_url=env_str("CELERY_BROKER_URL", ""),
         ratelimit_storage_url=env_str("RATELIMIT_STORAGE_URL", "memory://"),
+        editor_ratelimit_storage_url=env_str("CODECOLLAB_RATE_LIMIT_STORAGE", "memory://"),
     )
 
 

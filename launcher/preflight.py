@@ -191,11 +191,19 @@ def check_broker(broker_url: str, timeout: float = 3.0) -> list[str]:
 
 
 def rate_limit_warnings(config: LauncherConfig) -> list[str]:
-    """Return a warning when the rate limiter keeps its buckets in each process's memory."""
-    if config.ratelimit_storage_url.startswith("memory"):
-        return [
-            "RATELIMIT_STORAGE_URL is memory://, so the editor and the producer each keep "
-            "their own buckets: a client gets the full limit from each process. Set "
-            "redis://127.0.0.1:6379/0 to share the limits."
-        ]
-    return []
+    """Return one warning per service whose rate limiter keeps its buckets in process memory.
+
+    With ``memory://`` every process counts on its own, so N processes of a service admit a
+    client N times the configured limit.
+    """
+    services = [
+        ("producer", "RATELIMIT_STORAGE_URL", config.ratelimit_storage_url),
+        ("editor", "CODECOLLAB_RATE_LIMIT_STORAGE", config.editor_ratelimit_storage_url),
+    ]
+    return [
+        f"{variable} is memory://, so each {service} process keeps its own rate-limit "
+        f"buckets and N {service} processes admit a client N times the limit. Set "
+        f"{variable}=redis://127.0.0.1:6379/0 to share the buckets between processes."
+        for service, variable, url in services
+        if url.startswith("memory")
+    ]

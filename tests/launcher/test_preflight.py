@@ -96,13 +96,25 @@ def test_redact_url_hides_password(url: str, expected: str) -> None:
     assert redact_url(url) == expected
 
 
-@pytest.mark.parametrize(("storage", "warnings"), [("memory://", 1), ("redis://h:6379/0", 0)])
-def test_rate_limit_warnings_for_memory_storage(storage: str, warnings: int) -> None:
+@pytest.mark.parametrize(
+    ("producer", "editor", "variables"),
+    [
+        ("memory://", "memory://", ["RATELIMIT_STORAGE_URL", "CODECOLLAB_RATE_LIMIT_STORAGE"]),
+        ("redis://h:6379/0", "memory://", ["CODECOLLAB_RATE_LIMIT_STORAGE"]),
+        ("memory://?max_keys=10", "redis://h:6379/0", ["RATELIMIT_STORAGE_URL"]),
+        ("redis://h:6379/0", "rediss://h:6379/0", []),
+    ],
+)
+def test_rate_limit_warnings_for_memory_storage(
+    producer: str, editor: str, variables: list[str]
+) -> None:
     config = LauncherConfig(
         procfile=Path("Procfile"),
         ready_timeout=1.0,
         stop_timeout=1.0,
         endpoints=[],
-        ratelimit_storage_url=storage,
+        ratelimit_storage_url=producer,
+        editor_ratelimit_storage_url=editor,
     )
-    assert len(rate_limit_warnings(config)) == warnings
+    warnings = rate_limit_warnings(config)
+    assert [w.split(" ", 1)[0] for w in warnings] == variables

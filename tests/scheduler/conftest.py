@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -204,7 +205,10 @@ def start_worker() -> Iterator[Callable[..., WorkerProcess]]:
         wait: bool = True,
     ) -> WorkerProcess:
         names = queues or [env["SCHEDULER_VIDEO_QUEUE"], env["SCHEDULER_IO_QUEUE"]]
-        worker = WorkerProcess(env, names, f"{name}-{len(workers)}", pool)
+        # Node names must be unique on the shared RabbitMQ: two workers with the same name
+        # collide on their exclusive ``<name>.celery.pidbox`` queue and the second one exits.
+        unique = f"{name}-{len(workers)}-{uuid.uuid4().hex[:6]}"
+        worker = WorkerProcess(env, names, unique, pool)
         workers.append(worker)
         if wait:
             worker.wait_ready()

@@ -16,6 +16,7 @@ from scheduler.mediastore import (
     S3MediaStore,
     open_media_store,
 )
+from tests.scheduler.conftest import make_client, upload
 from tests.scheduler.s3_server import MotoServer, free_port
 
 
@@ -173,3 +174,16 @@ def test_s3_check_closed_port(s3_server: MotoServer, tmp_path: Path) -> None:
     started = time.monotonic()
     assert store.check() is not None
     assert time.monotonic() - started < 30
+
+
+def test_upload_503_when_s3_down(
+    embedded_env: dict[str, str], s3_server: MotoServer, clip_path: Path
+) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    env = {**embedded_env, **s3_server.environ("bucket-a"), "MEDIA_S3_ENDPOINT_URL": closed}
+    _, _, client = make_client(env)
+    response = upload(client, clip_path)
+    assert response.status_code == 503
+    assert "media store" in response.get_json()["error"]
+    assert client.get("/tasks").get_json()["total"] == 0
+    assert client.get("/healthz").get_json()["media"] == "s3"
