@@ -1,9 +1,10 @@
 """Settings of the CodeCollab editor, read once from the environment (and ``.env``).
 
-Every setting is an environment variable with the prefix ``CODECOLLAB_`` except ``HOST`` and
-``PORT``, which follow the usual convention of process managers. ``load_settings()`` validates
-every value at start-up and raises ``envconfig.ConfigError`` naming the variable and the fix.
-The table of variables with their defaults is in ``.env.example`` at the repository root.
+Every setting is an environment variable with the prefix ``CODECOLLAB_``, except the storage
+of rate-limit buckets, which falls back to ``RATELIMIT_STORAGE_URL`` shared by all services.
+``load_settings()`` validates every value at start-up and raises ``envconfig.ConfigError``
+naming the variable and the fix. The variables and their defaults are listed in
+``.env.example`` at the repository root.
 """
 
 from __future__ import annotations
@@ -137,8 +138,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
     )
 
     return Settings(
-        host=env_str("HOST", "127.0.0.1", environ),
-        port=env_int("PORT", 3000, minimum=0, maximum=65535, environ=environ),
+        host=env_str("CODECOLLAB_HOST", "127.0.0.1", environ),
+        port=env_int("CODECOLLAB_PORT", 3000, minimum=0, maximum=65535, environ=environ),
         async_mode=read_async_mode(environ),
         log_level=choice("CODECOLLAB_LOG_LEVEL", "INFO", LOG_LEVELS),
         database_path=database_path,
@@ -172,6 +173,10 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
         socket_throttle_max_pending=env_int(
             "CODECOLLAB_SOCKET_THROTTLE_MAX_PENDING", 50, minimum=1, environ=environ
         ),
-        rate_limit_storage=env_str("CODECOLLAB_RATE_LIMIT_STORAGE", "memory://", environ),
+        rate_limit_storage=env_str(
+            "CODECOLLAB_RATE_LIMIT_STORAGE",
+            env_str("RATELIMIT_STORAGE_URL", "memory://", environ),
+            environ,
+        ),
         proxy_count=env_int("CODECOLLAB_PROXY_COUNT", 0, minimum=0, maximum=10, environ=environ),
     )

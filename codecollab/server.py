@@ -118,6 +118,9 @@ def create_server(settings: Settings) -> EditorServer:
         max_http_buffer_size=settings.max_message_bytes,
         ping_interval=settings.ping_interval,
         ping_timeout=settings.ping_timeout,
+        # One connection's messages run one at a time, in arrival order. Concurrent handlers can
+        # reassemble a binary event with another event's attachment (python-socketio #403).
+        async_handlers=False,
         logger=False,
         engineio_logger=False,
     )

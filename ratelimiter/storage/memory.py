@@ -188,7 +188,7 @@ class MemoryStorage:
             return math.inf
         # The bucket admits ``cost`` once the backlog has drained to tolerance - cost tokens.
         wait = backlog + cost * table.interval - table.tolerance
-        return seconds_from(wait, table.units_per_second)
+        return seconds_from(wait, table.units_per_second) if wait > 0 else 0.0
 
     def _table(self, policy: Policy) -> _Table:
         table = self._tables.get(policy.storage_id)

@@ -365,3 +365,10 @@ def test_memory_cap_prefers_full_buckets(clock: FakeClock) -> None:
     clock.advance(5)
     assert limiter.check("newcomer").allowed is True
     assert storage.evictions == 0
+
+
+def test_policies_admitting_bucket_no_retry(clock: FakeClock) -> None:
+    limiter = make_limiter("10/second; 1/minute", clock)
+    limiter.check("client")
+    decision = limiter.check("client")
+    assert [state.retry_after for state in decision.states][0] == 0.0

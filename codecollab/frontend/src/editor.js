@@ -26,7 +26,39 @@ import {
   lineNumbers,
   rectangularSelection,
 } from '@codemirror/view'
-import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
+import { yCollab, ySyncAnnotation, yUndoManagerKeymap } from 'y-codemirror.next'
+
+// Room for the sync message header and the Yjs update structure around the inserted text.
+const MESSAGE_OVERHEAD_BYTES = 1024
+
+const utf8 = new TextEncoder()
+
+/** Returns the UTF-8 size of the text a transaction inserts. */
+function insertedBytes(transaction) {
+  let bytes = 0
+  transaction.changes.iterChanges((_fromA, _toA, _fromB, _toB, inserted) => {
+    for (const line of inserted.iterLines()) bytes += utf8.encode(line).length + 1
+  })
+  return bytes
+}
+
+/**
+ * Returns a filter that blocks a local change too large for one Socket.IO message, because
+ * Engine.IO closes the connection on such a message instead of letting the server reject it.
+ * `maxMessageBytes()` returns the limit, or null while it is unknown.
+ */
+function messageSizeGuard(maxMessageBytes, onBlocked) {
+  return EditorState.transactionFilter.of((transaction) => {
+    if (!transaction.docChanged || transaction.annotation(ySyncAnnotation)) return transaction
+    const limit = maxMessageBytes()
+    // Each UTF-16 unit is at most 3 UTF-8 bytes, so changes to a small document skip the count.
+    if (!limit || transaction.changes.newLength * 3 < limit - MESSAGE_OVERHEAD_BYTES) return transaction
+    const bytes = insertedBytes(transaction)
+    if (bytes <= limit - MESSAGE_OVERHEAD_BYTES) return transaction
+    onBlocked(bytes, limit)
+    return []
+  })
+}
 
 const baseTheme = EditorView.theme({
   '&': { height: '100%', fontSize: '14px' },
@@ -63,10 +95,11 @@ const darkTheme = [
 
 /**
  * Creates the editor in `parent` and returns `{view, setLanguage, setDark, setEditable}`.
+ * A local change larger than `maxMessageBytes()` is dropped and reported to `onTooLarge(bytes, limit)`.
  * The editor starts read-only and without a language. The caller makes it editable once the
  * document has synced, and sets the language from the shared document.
  */
-export function createEditor({ parent, ytext, awareness, undoManager, dark }) {
+export function createEditor({ parent, ytext, awareness, undoManager, dark, maxMessageBytes, onTooLarge }) {
   const languageSlot = new Compartment()
   const themeSlot = new Compartment()
   const editableSlot = new Compartment()
@@ -103,6 +136,7 @@ export function createEditor({ parent, ytext, awareness, undoManager, dark }) {
           ...completionKeymap,
           indentWithTab,
         ]),
+        messageSizeGuard(maxMessageBytes, onTooLarge),
         yCollab(ytext, awareness, { undoManager }),
         baseTheme,
         languageSlot.of([]),

@@ -21,11 +21,20 @@ const STATUS_TEXT = {
   rejected: 'Edits not saved',
 }
 
-// User-facing text for the server's error codes; other codes show the server's message.
-const ERROR_TEXT = {
-  doc_too_large: 'This edit would make the document larger than the server allows, so it was not saved. Remove some text and try again.',
-  rate_limited: 'You are sending changes too fast. The server paused your connection for a moment.',
+const STATUS_DETAIL = {
+  connecting: 'Loading the document from the server.',
+  connected: 'Live: your edits are sent as you type and saved by the server.',
+  reconnecting: 'The connection dropped. Your edits are kept and sent when it is back.',
+  unsent: 'Some of your edits are not on the server yet. They are sent when the connection is back; keep this tab open.',
+  rejected: 'The server rejected an edit. Download the file to keep your copy, then reload.',
 }
+
+// Notice text for an edit the server rejected. Later edits could depend on text the
+// server never stored, so the editor turns read-only and the user keeps a copy by downloading.
+const REJECTED_TEXT = {
+  doc_too_large: 'This edit would make the document larger than the server allows, so it was not saved.',
+}
+const REJECTED_ADVICE = 'The editor is now read-only: download the file to keep your copy, then reload to return to the saved version.'
 
 function byId(id) {
   return document.getElementById(id)
@@ -61,18 +70,27 @@ function start() {
 
   // Tracks only edits made through this editor, so undo never reverts a peer's work.
   const undoManager = new Y.UndoManager(ytext)
+  const provider = new SocketIOProvider({
+    doc,
+    awareness,
+    auth: () => ({ session: sessionId, clientId, name }),
+  })
   const editor = createEditor({
     parent: byId('editor'),
     ytext,
     awareness,
     undoManager,
     dark: isDark(),
-  })
-
-  const provider = new SocketIOProvider({
-    doc,
-    awareness,
-    auth: () => ({ session: sessionId, clientId, name }),
+    maxMessageBytes: () => provider.maxMessageBytes,
+    onTooLarge(bytes, limit) {
+      const size = (value) => `${(value / (1024 * 1024)).toFixed(1)} MB`
+      showNotice({
+        message: `This change is ${size(bytes)}, more than the ${size(limit)} the server accepts at once, so it was not applied.`,
+        kind: 'error',
+        id: 'change-too-large',
+        timeout: 10000,
+      })
+    },
   })
   window.codecollab = { doc, provider, editor, awareness } // for debugging and the browser tests
 
@@ -94,14 +112,15 @@ function start() {
   byId('name-swatch').style.backgroundColor = colorFor(clientId)
 
   provider.on('server-error', ({ code, message }) => {
-    const text = ERROR_TEXT[code] || message || 'The server reported an error.'
+    // A rejected edit also arrives as an ack, whose banner then replaces this toast.
     const id = code === 'doc_too_large' ? 'edit-rejected' : `error-${code ?? 'unknown'}`
-    showNotice({ message: text, kind: 'error', id, timeout: code === 'doc_too_large' ? null : 8000 })
+    showNotice({ message: message || 'The server reported an error.', kind: 'error', id, timeout: 10000 })
   })
   provider.on('rejected', ({ code, message }) => {
-    const text = ERROR_TEXT[code] || `The server did not save your edit: ${message}`
+    editor.setEditable(false)
+    const reason = REJECTED_TEXT[code] || `The server did not save your edit: ${message}`
     showNotice({
-      message: `${text} Reload to get the last saved version.`,
+      message: `${reason} ${REJECTED_ADVICE}`,
       kind: 'error',
       id: 'edit-rejected',
       timeout: null,
@@ -119,7 +138,11 @@ function bindStatus(provider, editor) {
   const text = byId('status-text')
   provider.on('status', ({ state }) => {
     status.dataset.state = state
+    status.title = STATUS_DETAIL[state]
     text.textContent = STATUS_TEXT[state]
+  })
+  provider.socket.on('connect_error', () => {
+    if (!provider.everSynced) byId('loading-text').textContent = 'Cannot reach the server. Retrying…'
   })
   provider.on('synced', (first) => {
     if (!first) return

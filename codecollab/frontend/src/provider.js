@@ -114,6 +114,16 @@ export class SocketIOProvider extends ObservableV2 {
     return this.unsent || this.pending.size > 0 ? 'unsent' : 'reconnecting'
   }
 
+  /**
+   * Returns the largest message the server accepts, in bytes, from the Engine.IO handshake
+   * (`maxPayload`), or null before the first handshake.
+   * NOTE: engine.io-client 6 keeps this value in the private field `_maxPayload`.
+   */
+  get maxMessageBytes() {
+    const limit = this.socket.io.engine?._maxPayload
+    return Number.isFinite(limit) && limit > 0 ? limit : null
+  }
+
   /** Closes the connection and detaches from the document and awareness. */
   destroy() {
     clearTimeout(this._retryTimer)

@@ -1,0 +1,365 @@
+"""Redis storage against the real server: atomicity, TTLs, processes, outages and recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import multiprocessing
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+from flask import Flask
+
+from ratelimiter import Policy, RateLimiter
+from ratelimiter.asgi import RateLimitMiddleware
+from ratelimiter.flask import Limiter
+from ratelimiter.storage.redis import RedisStorage
+
+from .redis_worker import process_worker
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def redis_client(redis_url: str, unique_prefix: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    for key in client.scan_iter(f"{{{unique_prefix}*"):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def make_limiter(redis_url: str, unique_prefix: str, redis_client: redis.Redis):
+    created: list[RateLimiter] = []
+
+    def factory(policies, **kwargs) -> RateLimiter:
+        kwargs.setdefault("key_prefix", unique_prefix)
+        limiter = RateLimiter(policies, storage=kwargs.pop("storage", redis_url), **kwargs)
+        created.append(limiter)
+        return limiter
+
+    yield factory
+    for limiter in created:
+        limiter.close()
+
+
+def test_redis_admits_capacity(make_limiter) -> None:
+    limiter = make_limiter("3/minute")
+    decisions = [limiter.check("client") for _ in range(4)]
+    assert [d.allowed for d in decisions] == [True, True, True, False]
+    assert [d.remaining for d in decisions] == [2, 1, 0, 0]
+    assert decisions[3].retry_after == pytest.approx(20.0, abs=0.5)
+    assert decisions[3].retry_after_seconds in (20, 21)
+
+
+def test_redis_ttl_is_time_until_full(make_limiter, redis_client, unique_prefix) -> None:
+    limiter = make_limiter("10/second, burst 10; 60/minute")
+    limiter.check("client", cost=4)
+    keys = sorted(redis_client.scan_iter(f"{{{unique_prefix}*"))
+    ttls = [redis_client.pttl(key) for key in keys]
+    assert len(keys) == 2
+    assert all(ttl > 0 for ttl in ttls)
+    assert sorted(ttls)[0] <= 400
+    assert sorted(ttls)[1] <= 4000
+
+
+def test_redis_full_bucket_not_stored(make_limiter, redis_client, unique_prefix) -> None:
+    limiter = make_limiter("10/second")
+    limiter.check("client", cost=0)
+    limiter.check("client", cost=11)
+    assert list(redis_client.scan_iter(f"{{{unique_prefix}*")) == []
+
+
+def test_redis_key_expires_when_full(make_limiter, redis_client, unique_prefix) -> None:
+    limiter = make_limiter("100/second")
+    limiter.check("client")
+    time.sleep(0.05)
+    assert list(redis_client.scan_iter(f"{{{unique_prefix}*")) == []
+
+
+def test_redis_policies_rejected_takes_nothing(make_limiter) -> None:
+    limiter = make_limiter("100/minute, burst 10; 3/hour")
+    for _ in range(3):
+        limiter.check("client")
+    rejected = [limiter.check("client") for _ in range(5)]
+    assert all(not decision.allowed for decision in rejected)
+    assert [decision.states[0].remaining for decision in rejected] == [7] * 5
+
+
+def test_redis_cost_above_capacity(make_limiter) -> None:
+    limiter = make_limiter("10/minute")
+    decision = limiter.check("client", cost=11)
+    assert decision.allowed is False
+    assert math.isinf(decision.retry_after)
+    assert limiter.check("client", cost=10).allowed
+
+
+def test_redis_retry_after_admitted(make_limiter) -> None:
+    limiter = make_limiter("1/second")
+    limiter.check("client")
+    decision = limiter.check("client")
+    assert decision.retry_after_seconds == 1
+    time.sleep(decision.retry_after_seconds)
+    assert limiter.check("client").allowed
+
+
+def test_redis_threads_admit_capacity(make_limiter) -> None:
+    """32 threads x 200 requests on one key with capacity 100 admit exactly 100."""
+    limiter = make_limiter(Policy(1, 86400.0, burst=100))
+    admitted = itertools.count()
+    start = threading.Barrier(32)
+
+    def worker() -> None:
+        start.wait()
+        for _ in range(200):
+            if limiter.check("shared").allowed:
+                next(admitted)
+
+    threads = [threading.Thread(target=worker) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=50)
+    assert next(admitted) == 100
+    assert limiter.counters["storage_error"] == 0
+
+
+def test_redis_processes_admit_capacity(redis_url, unique_prefix, redis_client) -> None:
+    """4 processes sharing Redis admit exactly the capacity, 50."""
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(4)
+    results = context.Queue()
+    processes = [
+        context.Process(target=process_worker, args=(redis_url, unique_prefix, barrier, results))
+        for _ in range(4)
+    ]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=45) for _ in processes]
+    for process in processes:
+        process.join(timeout=10)
+    assert sum(admitted for admitted, _ in outcomes) == 50
+    assert sum(errors for _, errors in outcomes) == 0
+
+
+def test_redis_check_async(make_limiter) -> None:
+    limiter = make_limiter("2/minute")
+
+    async def run() -> list[bool]:
+        return [(await limiter.check_async("client")).allowed for _ in range(3)]
+
+    assert asyncio.run(run()) == [True, True, False]
+
+
+def test_redis_asgi_middleware(make_limiter) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def hello(request):
+        return PlainTextResponse("hello")
+
+    app = Starlette(routes=[Route("/", hello)])
+    app.add_middleware(RateLimitMiddleware, limiter=make_limiter("2/minute"))
+
+    async def run() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return [(await client.get("/")).status_code for _ in range(3)]
+
+    assert asyncio.run(run()) == [200, 200, 429]
+
+
+# Outages
+
+
+# Upper bound of one check against a failed Redis with the default 0.1 s timeout; the margin
+# covers a loaded 2-core CI machine.
+OUTAGE_BOUND_S = 0.5
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that is bound but not listening, so every connection is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
+def silent_listener() -> Iterator[int]:
+    """A loopback listener that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_forever() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            accepted.append(connection)
+
+    thread = threading.Thread(target=accept_forever, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join(timeout=2)
+    for connection in accepted:
+        connection.close()
+    server.close()
+
+
+def timed_check(limiter: RateLimiter) -> tuple[float, object]:
+    started = time.perf_counter()
+    decision = limiter.check("client")
+    return time.perf_counter() - started, decision
+
+
+@pytest.mark.parametrize(("setting", "allowed"), [("allow", True), ("deny", False)])
+def test_outage_closed_port(setting: str, allowed: bool, closed_port: int) -> None:
+    limiter = RateLimiter(
+        "1/minute", storage=f"redis://127.0.0.1:{closed_port}/0", on_storage_error=setting
+    )
+    elapsed, decision = timed_check(limiter)
+    assert decision.allowed is allowed
+    assert decision.storage_error is True
+    assert elapsed < OUTAGE_BOUND_S
+
+
+@pytest.mark.parametrize(("setting", "allowed"), [("allow", True), ("deny", False)])
+def test_outage_silent_listener(setting: str, allowed: bool, silent_listener: int) -> None:
+    limiter = RateLimiter(
+        "1/minute", storage=f"redis://127.0.0.1:{silent_listener}/0", on_storage_error=setting
+    )
+    for _ in range(3):
+        elapsed, decision = timed_check(limiter)
+        assert decision.allowed is allowed
+        assert decision.storage_error is True
+        assert elapsed < OUTAGE_BOUND_S
+
+
+def test_outage_silent_listener_async(silent_listener: int) -> None:
+    limiter = RateLimiter(
+        "1/minute", storage=f"redis://127.0.0.1:{silent_listener}/0", on_storage_error="deny"
+    )
+
+    async def run() -> tuple[float, object]:
+        started = time.perf_counter()
+        decision = await limiter.check_async("client")
+        return time.perf_counter() - started, decision
+
+    elapsed, decision = asyncio.run(run())
+    assert decision.allowed is False
+    assert elapsed < OUTAGE_BOUND_S
+
+
+def test_outage_custom_timeout(silent_listener: int) -> None:
+    limiter = RateLimiter("1/minute", storage=f"redis://127.0.0.1:{silent_listener}/0", timeout=0.3)
+    elapsed, _ = timed_check(limiter)
+    assert 0.25 < elapsed < 0.8
+
+
+def test_outage_flask_deny_503(closed_port: int) -> None:
+    app = Flask(__name__)
+    limiter = Limiter(
+        app,
+        default_limits="10/minute",
+        storage=f"redis://127.0.0.1:{closed_port}/0",
+        on_storage_error="deny",
+    )
+    app.add_url_rule("/", "index", lambda: "hi")
+    response = app.test_client().get("/")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.get_json()["retry_after"] == 1
+    assert limiter.limiter.counters["storage_error"] == 1
+
+
+class ToggleProxy:
+    """A loopback TCP forwarder to Redis that refuses connections until it is started."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self._stop = threading.Event()
+        self._sockets: list[socket.socket] = []
+
+    def start(self) -> None:
+        self.server.listen(16)
+        self.server.settimeout(0.1)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self.server.close()
+        for sock in self._sockets:
+            sock.close()
+
+
+def test_outage_logged_once_and_recovery(
+    redis_url: str, unique_prefix: str, redis_client, caplog
+) -> None:
+    port = redis.Redis.from_url(redis_url).connection_pool.connection_kwargs["port"]
+    proxy = ToggleProxy(port)
+    try:
+        limiter = RateLimiter(
+            "100/minute", storage=f"redis://127.0.0.1:{proxy.port}/0", key_prefix=unique_prefix
+        )
+        with caplog.at_level(logging.INFO, logger="ratelimiter"):
+            failures = [limiter.check("client").storage_error for _ in range(5)]
+            proxy.start()
+            recovered = [limiter.check("client").storage_error for _ in range(5)]
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        recoveries = [r for r in caplog.records if "recovered" in r.getMessage()]
+        assert failures == [True] * 5
+        assert recovered == [False] * 5
+        assert len(errors) == 1
+        assert len(recoveries) == 1
+        assert "after 5 failed checks" in recoveries[0].getMessage()
+        limiter.close()
+    finally:
+        proxy.close()
+
+
+def test_redis_invalid_url() -> None:
+    with pytest.raises(ValueError, match="redis://"):
+        RedisStorage("redis://127.0.0.1:notaport/0")
