@@ -7,7 +7,7 @@ a local scratch folder and publishes the outputs. Which backend runs is chosen b
 - empty (the default): :class:`LocalMediaStore` keeps everything in ``MEDIA_ROOT``. Producers
   and workers on several machines then need that folder on a shared disk.
 - ``s3://bucket/prefix``: :class:`S3MediaStore` moves files through the object store with
-  boto3, so each process's ``MEDIA_ROOT`` only holds its own scratch files.
+  boto3, so each process's ``MEDIA_ROOT`` contains only its own scratch files.
 
 Both backends use the same names: ``uploads/<name>`` for an upload, which is deleted once its
 task succeeds or is cancelled, and ``<task_id>/<name>`` for each output. On S3 these names are
@@ -45,7 +45,7 @@ DELETE_BATCH = 1000
 
 
 class MediaStoreError(Exception):
-    """The media store failed or could not be reached; the message names the object."""
+    """The media store failed or could not be reached. The message names the object."""
 
 
 class MediaNotFound(MediaStoreError):
@@ -66,7 +66,7 @@ class RemoteFile:
 
 
 class MediaStore:
-    """Interface of both backends; see the module docstring for the names they use."""
+    """Interface of both backends, which use the names given in the module docstring."""
 
     # Shown in logs and in /healthz: "local" or "s3".
     kind = ""
@@ -93,7 +93,7 @@ class MediaStore:
         raise NotImplementedError
 
     def delete_upload(self, name: str) -> None:
-        """Delete ``uploads/<name>``; a missing upload is not an error."""
+        """Delete ``uploads/<name>``. A missing upload is not an error."""
         raise NotImplementedError
 
     def scratch_dir(self, task_id: str) -> Path:
