@@ -85,6 +85,8 @@ class Settings:
     media_s3_secret_access_key: str = field(default="", repr=False)
     # "path" for most S3-compatible servers, "virtual" or "auto" for AWS.
     media_s3_addressing_style: str = "auto"
+    # PostgreSQL URL of the task store; "" keeps it in the SQLite file ``task_db``.
+    task_db_url: str = field(default="", repr=False)
     # Prefix of the rate limiter's keys, so deployments sharing one Redis keep their buckets apart.
     rate_limit_key_prefix: str = "ratelimit:scheduler"
 
@@ -158,6 +160,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         media_s3_addressing_style=_addressing_style(
             env_str("MEDIA_S3_ADDRESSING_STYLE", "auto", environ)
         ),
+        task_db_url=_task_db_url(env_str("SCHEDULER_TASK_DB_URL", "", environ)),
         rate_limit_key_prefix=env_str(
             "SCHEDULER_RATE_LIMIT_KEY_PREFIX", "ratelimit:scheduler", environ
         ),
@@ -222,3 +225,15 @@ def _check_s3_credentials(settings: Settings) -> None:
             "MEDIA_S3_ACCESS_KEY_ID and MEDIA_S3_SECRET_ACCESS_KEY must be set together; "
             "set both, or neither to use boto3's default credentials"
         )
+
+
+def _task_db_url(url: str) -> str:
+    """Validate ``SCHEDULER_TASK_DB_URL``: empty, or a PostgreSQL URL."""
+    url = url.strip()
+    if url and urlsplit(url).scheme not in ("postgresql", "postgres"):
+        raise ConfigError(
+            f"SCHEDULER_TASK_DB_URL has the scheme {urlsplit(url).scheme!r}; use a PostgreSQL "
+            "URL such as postgresql://user@127.0.0.1:5432/scheduler, or leave it empty to use "
+            "the SQLite file of SCHEDULER_TASK_DB"
+        )
+    return url

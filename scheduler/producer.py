@@ -32,6 +32,7 @@ from scheduler import inputs, media, mediastore
 from scheduler.celery_app import make_celery
 from scheduler.config import EMBEDDED_BROKER_LIMITS, Settings, load_settings
 from scheduler.events import TaskEvents
+from scheduler.pgtaskstore import open_task_store
 from scheduler.publisher import BrokerUnavailable, Publisher
 from scheduler.taskstore import TERMINAL_STATES, IdempotencyConflict, TaskRecord, TaskStore
 
@@ -80,13 +81,13 @@ def create_app(
     """Build the producer app.
 
     :param settings: defaults to :func:`scheduler.config.load_settings`.
-    :param store: the task store; defaults to the SQLite file named by the settings.
+    :param store: the task store; defaults to the one the settings select.
     :param publisher: defaults to a publisher on a Celery app built from the settings.
     :param media_store: where uploads and outputs live; defaults to the backend that
         ``MEDIA_URL`` selects.
     """
     settings = settings or load_settings()
-    store = store or TaskStore(settings.task_db)
+    store = store or open_task_store(settings)
     if publisher is None:
         publisher = Publisher(make_celery(settings, producer=True), settings)
     media_store = media_store or mediastore.open_media_store(settings)

@@ -32,13 +32,13 @@ from scheduler.celery_app import (
     make_celery,
 )
 from scheduler.config import EMBEDDED_BROKER_LIMITS, load_settings
+from scheduler.pgtaskstore import open_task_store
 from scheduler.publisher import BrokerUnavailable, Publisher
 from scheduler.taskstore import (
     CANCELLED,
     FAILED,
     RUNNING_STATES,
     SUCCEEDED,
-    TaskStore,
     isoformat,
 )
 
@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 settings = load_settings()
 celery_app = make_celery(settings)
-store = TaskStore(settings.task_db)
+store = open_task_store(settings)
 media_store = mediastore.open_media_store(settings)
 
 # Seconds between two progress writes of one task; cancellation is noticed at the same pace.

@@ -1,9 +1,8 @@
 """Producers and workers on separate "machines": processes that share no media folder.
 
-Each process gets its own ``MEDIA_ROOT``, so uploads and outputs can only travel through the
-S3 store (moto's server). RabbitMQ is the one broker. The task store and the result backend
-are SQLite files that every process opens; on real machines the task store would need a
-shared disk, which ``docs/scaling.md`` states as a limit.
+Each process gets its own folders, so the processes share only network services: RabbitMQ
+as the broker, the S3 store (moto's server) for uploads and outputs, PostgreSQL for the task
+store and Celery's results.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from scheduler import media
+from scheduler.pgtaskstore import PostgresTaskStore
 from scheduler.taskstore import TaskStore
 from tests.scheduler.s3_server import MotoServer
 
@@ -84,17 +84,18 @@ def test_two_producers_three_workers_s3(
     rabbit_env: dict[str, str],
     s3_media_env: dict[str, str],
     s3_server: MotoServer,
+    task_db_url: str,
     start_worker,
     start_producer,
     short_clip: Path,
 ) -> None:
-    shared = tmp_path / "shared"
-    shared.mkdir()
     base = {
         **rabbit_env,
         **s3_media_env,
-        "SCHEDULER_TASK_DB": str(shared / "tasks.db"),
-        "CELERY_RESULT_BACKEND": f"db+sqlite:///{shared / 'results.db'}",
+        "SCHEDULER_TASK_DB_URL": task_db_url,
+        # Celery's results go to the same PostgreSQL schema, through SQLAlchemy and psycopg 3.
+        "CELERY_RESULT_BACKEND": "db+"
+        + task_db_url.replace("postgresql://", "postgresql+psycopg://"),
         # A slow x264 preset makes each 2-second clip take about a second, so the kill
         # lands while a task runs.
         "VIDEO_X264_PRESET": "slower",
@@ -119,7 +120,7 @@ def test_two_producers_three_workers_s3(
             submitted[response.json()["task_id"]] = index
     task_ids = list(submitted)
 
-    store = TaskStore(Path(base["SCHEDULER_TASK_DB"]))
+    store = PostgresTaskStore(task_db_url)
     victim_task = _wait_running(store, task_ids)
     victim_host = store.get(victim_task).worker
     victim = next(w for w in workers if victim_host.startswith(f"{w.name}@"))
@@ -154,3 +155,4 @@ def test_two_producers_three_workers_s3(
     assert listing.get("KeyCount", 0) == 0
     for root in tmp_path.glob("*/media"):
         assert not any((root / task_id).exists() for task_id in task_ids)
+    assert not list(tmp_path.glob("*/state/tasks.db"))
