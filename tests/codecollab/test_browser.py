@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -92,14 +93,9 @@ def wait_for_health(server: EditorServer, timeout: float) -> None:
     pytest.fail(f"editor server did not become healthy in {timeout}s:\n{server.log_tail()}")
 
 
-@pytest.fixture(scope="module")
-def editor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EditorServer]:
-    """The real editor on a free port, with its own database and a 2 MiB document cap."""
-    if not BUNDLE.exists():
-        pytest.fail(f"{BUNDLE} is missing: build the frontend with `make assets`")
-
-    workdir = tmp_path_factory.mktemp("codecollab-browser")
-    port = free_port()
+def start_server(workdir: Path, port: int) -> EditorServer:
+    """Start ``cd codecollab && python app.py`` on ``port`` with its database in ``workdir``,
+    and wait until it is healthy. A restart with the same arguments reopens the same database."""
     env = {
         **os.environ,
         "CODECOLLAB_HOST": "127.0.0.1",
@@ -111,21 +107,38 @@ def editor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EditorSe
         "CODECOLLAB_CONNECT_RATE_LIMIT": "600/minute, burst 100",
     }
     log_path = workdir / "server.log"
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "app.py"], cwd=APP_DIR, env=env, stdout=log, stderr=subprocess.STDOUT
         )
     server = EditorServer(f"http://127.0.0.1:{port}", process, log_path)
     try:
         wait_for_health(server, SERVER_START_TIMEOUT_S)
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    except BaseException:
+        stop_server(server)
+        raise
+    return server
+
+
+def stop_server(server: EditorServer) -> None:
+    """Stop the server with SIGTERM, or SIGKILL when it does not exit within 10 s."""
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def editor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EditorServer]:
+    """The real editor on a free port, with its own database and a 2 MiB document cap."""
+    if not BUNDLE.exists():
+        pytest.fail(f"{BUNDLE} is missing: build the frontend with `make assets`")
+
+    server = start_server(tmp_path_factory.mktemp("codecollab-browser"), free_port())
+    yield server
+    stop_server(server)
 
 
 @pytest.fixture(scope="module")
@@ -321,6 +334,57 @@ def test_name_shown_as_text(open_tab, session_url):
     assert hostile in avatar.get_attribute("title")
 
 
+def test_rename_reaches_peers(open_tab, session_url):
+    renamer = open_tab(session_url, name="Before Rename")
+    viewer = open_tab(session_url, name="Viewer")
+
+    renamer.fill("#display-name", "After Rename")
+    renamer.press("#display-name", "Enter")
+    viewer.locator("#avatars > li[title='After Rename']").wait_for(timeout=CONVERGE_TIMEOUT_MS)
+
+    assert viewer.locator("#avatars > li[title='Before Rename']").count() == 0
+    # The page's init script sets the name on every load, so storage is checked, not a reload.
+    assert renamer.evaluate("localStorage.getItem('codecollab.name')") == "After Rename"
+
+
+def test_toolbar_actions(open_tab, session_url):
+    page = open_tab(session_url)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    session_id = session_url.rsplit("/", 1)[1]
+
+    page.click("#copy-link")
+    page.locator("#notices [role='status']").wait_for(timeout=READY_TIMEOUT_MS)
+    copied = page.evaluate("navigator.clipboard.readText()")
+
+    page.select_option("#language", "go")
+    text = editor_text(page)
+    with page.expect_download() as download_info:
+        page.click("#download")
+    download = download_info.value
+    downloaded = Path(download.path()).read_text(encoding="utf-8")
+
+    page.click("#new-session")
+    page.wait_for_url(re.compile(r".*/s/[A-Za-z0-9_-]{22}$"), timeout=READY_TIMEOUT_MS)
+    page.wait_for_selector("#editor[data-ready='true']", timeout=READY_TIMEOUT_MS)
+
+    assert copied == session_url
+    assert download.suggested_filename == f"{session_id}.go"
+    assert downloaded == text
+    assert session_id not in page.url
+
+
+def test_theme_remembered(open_tab, session_url):
+    page = open_tab(session_url, color_scheme="light")
+    page.click("#theme-toggle")
+    dark_after_click = page.evaluate("document.documentElement.classList.contains('dark')")
+    page.reload()
+    page.wait_for_selector("#editor[data-ready='true']", timeout=READY_TIMEOUT_MS)
+
+    assert dark_after_click
+    assert page.evaluate("document.documentElement.classList.contains('dark')")
+    assert page.get_attribute("#theme-toggle", "aria-pressed") == "true"
+
+
 def test_undo_only_own_edits(open_tab, session_url):
     mine = open_tab(session_url)
     theirs = open_tab(session_url)
@@ -445,6 +509,46 @@ def test_paste_over_message_limit(open_tab, session_url):
     assert editor_text(writer) == before
     assert writer.evaluate("window.codecollab.provider.socket.connected")
     assert writer.get_attribute("#status", "data-state") == "connected"
+
+
+def test_restart_keeps_offline_edits(open_tab, tmp_path):
+    if not BUNDLE.exists():
+        pytest.fail(f"{BUNDLE} is missing: build the frontend with `make assets`")
+    port = free_port()
+    server = start_server(tmp_path, port)
+    try:
+        url = f"{server.base_url}/s/{secrets.token_urlsafe(16)}"
+        writer = open_tab(url)
+        writer.click(".cm-content")
+        writer.keyboard.press("Control+End")
+        writer.keyboard.type(" saved")
+        writer.wait_for_function(
+            "window.codecollab.provider.pending.size === 0", timeout=CONVERGE_TIMEOUT_MS
+        )
+
+        server.process.kill()
+        server.process.wait(timeout=10)
+        writer.wait_for_function(
+            "!window.codecollab.provider.socket.connected", timeout=CONVERGE_TIMEOUT_MS
+        )
+        writer.keyboard.type(" offline")
+        offline_state = writer.get_attribute("#status", "data-state")
+
+        server = start_server(tmp_path, port)
+        # Socket.IO retries with a randomized back-off of at most 5 s.
+        writer.wait_for_function(
+            "document.getElementById('status').dataset.state === 'connected'",
+            timeout=CONVERGE_TIMEOUT_MS,
+        )
+        local = editor_text(writer)
+        stored = fetch_server_text(server, url)
+    finally:
+        stop_server(server)
+
+    assert offline_state == "unsent"
+    assert local.endswith(" saved offline")
+    assert local.count(" saved") == 1
+    assert stored == local
 
 
 def test_invalid_session_404(browser, editor_server):

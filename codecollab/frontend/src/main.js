@@ -140,6 +140,9 @@ function bindStatus(provider, editor) {
     status.dataset.state = state
     status.title = STATUS_DETAIL[state]
     text.textContent = STATUS_TEXT[state]
+    // The people list is the server's; it may be out of date while the connection is down.
+    const online = provider.socket.connected && provider.synced
+    byId('avatars').classList.toggle('opacity-40', !online)
   })
   provider.socket.on('connect_error', () => {
     if (!provider.everSynced) byId('loading-text').textContent = 'Cannot reach the server. Retrying…'
