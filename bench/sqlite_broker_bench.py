@@ -76,7 +76,11 @@ def make_targets(folder: Path, names: list[str]) -> list[Target]:
         Target(
             "kombu filesystem",
             "filesystem://",
-            {"data_folder_in": str(spool), "data_folder_out": str(spool)},
+            {
+                "data_folder_in": str(spool),
+                "data_folder_out": str(spool),
+                "control_folder": str(folder / "filesystem-control"),
+            },
         ),
         Target("kombu sqlalchemy (SQLite)", f"sqla+sqlite:///{folder / 'sqla.sqlite3'}", {}),
         Target("rabbitmq (loopback)", RABBITMQ_URL, {}),

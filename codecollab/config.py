@@ -9,9 +9,11 @@ naming the variable and the fix. The variables and their defaults are listed in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from envconfig import (
     ConfigError,
@@ -26,6 +28,10 @@ from envconfig import (
 ASYNC_MODES = ("gevent", "eventlet", "threading")
 SQLITE_SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+MESSAGE_QUEUE_SCHEMES = ("redis", "rediss")
+# A PostgreSQL identifier without quoting: lower-case letters, digits and '_', at most 63 bytes.
+SCHEMA_NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 MIB = 1024 * 1024
 
@@ -65,6 +71,19 @@ class Settings:
     socket_throttle_max_pending: int = 50
     rate_limit_storage: str = "memory://"
     proxy_count: int = 0
+
+    # Scale-out: shared storage and the message queue between editor processes
+    database_url: str = ""
+    database_schema: str = "public"
+    database_pool_size: int = 4
+    message_queue: str = ""
+    cluster_channel: str = "codecollab"
+    cluster_heartbeat: float = 2.0
+
+    @property
+    def uses_postgres(self) -> bool:
+        """Whether documents are stored in PostgreSQL (``database_url``) instead of SQLite."""
+        return bool(self.database_url)
 
     @property
     def presence_drop_timeout(self) -> float:
@@ -137,6 +156,13 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
         "CODECOLLAB_PING_TIMEOUT", 4.0, minimum=0.1, maximum=60.0, environ=environ
     )
 
+    scale_out = _read_scale_out(environ)
+    if scale_out["database_url"] and read_async_mode(environ) == "eventlet":
+        raise ConfigError(
+            "CODECOLLAB_DATABASE_URL (PostgreSQL) does not work with CODECOLLAB_ASYNC_MODE="
+            "eventlet, because psycopg 3 would block eventlet's loop; use gevent"
+        )
+
     return Settings(
         host=env_str("CODECOLLAB_HOST", "127.0.0.1", environ),
         port=env_int("CODECOLLAB_PORT", 3000, minimum=0, maximum=65535, environ=environ),
@@ -179,4 +205,57 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
             environ,
         ),
         proxy_count=env_int("CODECOLLAB_PROXY_COUNT", 0, minimum=0, maximum=10, environ=environ),
+        **scale_out,
     )
+
+
+def _read_scale_out(environ: Mapping[str, str] | None) -> dict[str, object]:
+    """Read the settings of several editor processes sharing PostgreSQL and Redis."""
+    database_url = env_str("CODECOLLAB_DATABASE_URL", "", environ)
+    if database_url and urlsplit(database_url).scheme not in POSTGRES_SCHEMES:
+        raise ConfigError(
+            f"CODECOLLAB_DATABASE_URL has the scheme {urlsplit(database_url).scheme!r}; use a "
+            "PostgreSQL URL such as postgresql://user@127.0.0.1:5432/codecollab, or leave it "
+            "empty to use the SQLite file of CODECOLLAB_DATABASE_PATH"
+        )
+
+    schema = env_str("CODECOLLAB_DATABASE_SCHEMA", "public", environ)
+    if not SCHEMA_NAME_PATTERN.match(schema):
+        raise ConfigError(
+            f"CODECOLLAB_DATABASE_SCHEMA={schema!r} is not valid; use 1 to 63 lower-case "
+            "letters, digits or '_', not starting with a digit"
+        )
+
+    message_queue = env_str("CODECOLLAB_MESSAGE_QUEUE", "", environ)
+    if message_queue:
+        if urlsplit(message_queue).scheme not in MESSAGE_QUEUE_SCHEMES:
+            raise ConfigError(
+                f"CODECOLLAB_MESSAGE_QUEUE has the scheme {urlsplit(message_queue).scheme!r}; "
+                "use a Redis URL such as redis://127.0.0.1:6379/0"
+            )
+        if not database_url:
+            raise ConfigError(
+                "CODECOLLAB_MESSAGE_QUEUE is set but documents are in a local SQLite file; "
+                "editor processes that share a message queue must share storage too: set "
+                "CODECOLLAB_DATABASE_URL=postgresql://..."
+            )
+
+    channel = env_str("CODECOLLAB_CLUSTER_CHANNEL", "codecollab", environ)
+    if not channel or any(char.isspace() for char in channel):
+        raise ConfigError(
+            f"CODECOLLAB_CLUSTER_CHANNEL={channel!r} is not valid; use a non-empty name "
+            "without spaces"
+        )
+
+    return {
+        "database_url": database_url,
+        "database_schema": schema,
+        "database_pool_size": env_int(
+            "CODECOLLAB_DATABASE_POOL_SIZE", 4, minimum=1, maximum=100, environ=environ
+        ),
+        "message_queue": message_queue,
+        "cluster_channel": channel,
+        "cluster_heartbeat": env_float(
+            "CODECOLLAB_CLUSTER_HEARTBEAT", 2.0, minimum=0.1, maximum=60.0, environ=environ
+        ),
+    }

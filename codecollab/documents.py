@@ -150,6 +150,9 @@ class RoomManager:
         self._rooms: dict[str, Room] = {}
         self._lock = threading.Lock()
         self.on_update: UpdateListener | None = None
+        # Called with each room just loaded from storage, before anyone can use it; several
+        # processes use it to apply updates that were relayed but not yet stored.
+        self.on_load: Callable[[Room], None] | None = None
 
     # Opening and closing
 
@@ -224,6 +227,8 @@ class RoomManager:
                 f"Session {session_id!r} could not be loaded from storage; try again shortly"
             ) from exc
         if room is not None:
+            if self.on_load is not None:
+                self.on_load(room)
             self._rooms[session_id] = room
         return room
 
@@ -281,6 +286,8 @@ class RoomManager:
 
         The update is relayed before it is stored, and this method returns only once it is
         stored, so a caller that acknowledges after it returns acknowledges only stored edits.
+        Updates are stored in any order relative to how they were applied; compaction stays
+        correct because a row is written only after its update is in memory.
 
         :param origin: the Socket.IO sid of the sender, which the relay skips; ``None`` for
             edits made by the server.
@@ -303,7 +310,9 @@ class RoomManager:
             )
             room.last_activity = self._clock()
             self._relay(room, update, origin)
-            self._append(room, update)
+        # The commit runs outside the room lock, so the next update of the session is applied
+        # and relayed meanwhile: a PostgreSQL commit with fsync takes milliseconds.
+        self._append(room, update)
 
     def replace_text(self, room: Room, new_text: str) -> TextChange:
         """Replace the text of ``content`` with ``new_text`` through a minimal diff.
@@ -374,6 +383,33 @@ class RoomManager:
             )
         return projected - len(update)
 
+    def apply_remote_update(self, session_id: str, update: bytes) -> bool:
+        """Apply an update that another editor process applied and relays.
+
+        Nothing is stored or relayed here. Waiting for the manager lock means that a load in
+        progress finishes first (with ``on_load``), so an update is never applied to a room
+        about to be replaced.
+
+        :return: whether the session is loaded in this process; when it is not, nothing is
+            applied and the caller keeps the update for a later load (see ``on_load``).
+        """
+        with self._lock:
+            room = self._rooms.get(session_id)
+        if room is None:
+            return False
+        with room.lock:
+            try:
+                room.doc.apply_update(update)
+            except ValueError as exc:
+                logger.error(
+                    "session %s: skipped an update from another process that does not decode: %s",
+                    session_id,
+                    exc,
+                )
+                return True
+            room.size_bytes += len(update)
+        return True
+
     def _relay(self, room: Room, update: bytes, origin: str | None) -> None:
         if self.on_update is None:
             return
@@ -384,15 +420,20 @@ class RoomManager:
 
     def _append(self, room: Room, update: bytes) -> None:
         try:
-            room.last_update_id = self._store.append_update(room.session_id, update)
+            update_id = self._store.append_update(room.session_id, update)
         except StorageError as exc:
-            room.unsaved = True
+            with room.lock:
+                room.unsaved = True
             logger.error("session %s: persistence failed: %s", room.session_id, exc)
             raise PersistenceFailed(
                 "The edit is applied but could not be saved yet; the server retries when it "
                 "next compacts this session"
             ) from exc
-        room.updates_since_compaction += 1
+        with room.lock:
+            # Concurrent appends may finish out of order; compaction deletes rows up to the
+            # highest id, and every row up to it holds an update already in memory.
+            room.last_update_id = max(room.last_update_id, update_id)
+            room.updates_since_compaction += 1
 
     # Compaction and unloading
 

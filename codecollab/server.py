@@ -13,9 +13,18 @@ from flask import Flask, request
 from flask_socketio import SocketIO
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 
+from codecollab.cluster import ClusterNode
 from codecollab.config import Settings, load_settings
 from codecollab.documents import RoomManager, RoomSettings
-from codecollab.storage import DocumentStore
+from codecollab.scale_out import (
+    ClusterUnavailable,
+    build_cluster,
+    describe_storage,
+    open_store,
+    socketio_cluster_options,
+)
+from codecollab.storage import DocumentStore, StorageError
+from codecollab.storage_postgres import PostgresDocumentStore
 from codecollab.throttling import Limits, build_limits
 from codecollab.transport import EditorTransport
 from codecollab.web.api import api
@@ -31,22 +40,27 @@ class EditorServer:
     settings: Settings
     app: Flask
     socketio: SocketIO
-    store: DocumentStore
+    store: DocumentStore | PostgresDocumentStore
     rooms: RoomManager
     limits: Limits
     transport: EditorTransport
+    # Set when several processes share a message queue (CODECOLLAB_MESSAGE_QUEUE).
+    cluster: ClusterNode | None = None
     _stopping: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
         """Serve until interrupted (Ctrl-C or SIGTERM), then compact every loaded session."""
         self._install_signal_handlers()
         self.socketio.start_background_task(self._sweep_forever)
+        if self.cluster is not None:
+            self.socketio.start_background_task(self.cluster.beat_forever)
         logger.info(
-            "CodeCollab listening on http://%s:%d (async mode %s, database %s)",
+            "CodeCollab listening on http://%s:%d (async mode %s, database %s%s)",
             self.settings.host,
             self.settings.port,
             self.settings.async_mode,
-            self.settings.database_path,
+            describe_storage(self.settings),
+            "" if self.cluster is None else f", process {self.cluster.process_id} in a cluster",
         )
         try:
             self.socketio.run(
@@ -66,6 +80,8 @@ class EditorServer:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        if self.cluster is not None:
+            self.cluster.stop()
         logger.info("shutting down: compacting %d loaded sessions", self.rooms.loaded_count())
         self.rooms.close()
         self.store.close()
@@ -123,9 +139,10 @@ def create_server(settings: Settings) -> EditorServer:
         async_handlers=False,
         logger=False,
         engineio_logger=False,
+        **socketio_cluster_options(settings),
     )
 
-    store = DocumentStore(settings.database_path, settings.sqlite_synchronous)
+    store = open_store(settings)
     rooms = RoomManager(
         store,
         RoomSettings(
@@ -137,8 +154,9 @@ def create_server(settings: Settings) -> EditorServer:
         ),
     )
     limits = build_limits(app, settings)
-    transport = EditorTransport(socketio, rooms, limits, settings)
-    server = EditorServer(settings, app, socketio, store, rooms, limits, transport)
+    cluster = build_cluster(settings, socketio, rooms)
+    transport = EditorTransport(socketio, rooms, limits, settings, cluster)
+    server = EditorServer(settings, app, socketio, store, rooms, limits, transport, cluster)
     app.extensions["codecollab"] = server
 
     app.register_blueprint(pages)
@@ -198,4 +216,9 @@ def main() -> None:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    create_server(settings).run()
+    try:
+        server = create_server(settings)
+    except (StorageError, ClusterUnavailable) as exc:
+        logger.error("cannot start: %s", exc)
+        raise SystemExit(1) from None
+    server.run()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import request
 from flask_socketio import ConnectionRefusedError, SocketIO, disconnect, emit, join_room
@@ -37,6 +37,9 @@ from codecollab.yprotocol import (
     encode_awareness_update,
     encode_sync_message,
 )
+
+if TYPE_CHECKING:
+    from codecollab.cluster import ClusterNode
 
 logger = logging.getLogger(__name__)
 
@@ -77,15 +80,23 @@ class EditorTransport:
     :param rooms: the documents the handlers read and change.
     :param limits: the connection and message rate limiters.
     :param settings: size caps and throttling settings.
+    :param cluster: set when several editor processes share a message queue; presence then
+        counts the users of every process.
     """
 
     def __init__(
-        self, socketio: SocketIO, rooms: RoomManager, limits: Limits, settings: Settings
+        self,
+        socketio: SocketIO,
+        rooms: RoomManager,
+        limits: Limits,
+        settings: Settings,
+        cluster: ClusterNode | None = None,
     ) -> None:
         self._socketio = socketio
         self._rooms = rooms
         self._limits = limits
         self._settings = settings
+        self._cluster = cluster
         self._connections: dict[str, Connection] = {}
 
         rooms.on_update = self._relay_update
@@ -97,6 +108,13 @@ class EditorTransport:
     def connection_count(self) -> int:
         """Return the number of live connections."""
         return len(self._connections)
+
+    def presence_of(self, room: Room) -> dict[str, Any]:
+        """Return the ``presence`` payload of a room: users of every process when clustered."""
+        if self._cluster is not None:
+            return self._cluster.presence.snapshot(room.session_id)
+        with room.lock:
+            return room.presence.snapshot()
 
     # Connection lifecycle
 
@@ -129,7 +147,10 @@ class EditorTransport:
             presence = room.presence.snapshot()
         if awareness is not None:
             emit("awareness", awareness)
-        self._socketio.emit("presence", presence, to=room_name(session_id))
+        if self._cluster is not None:
+            self._cluster.joined(session_id, participant)
+        else:
+            self._socketio.emit("presence", presence, to=room_name(session_id))
         logger.info(
             "client connected: session=%s sid=%s client=%s ip=%s users=%d",
             session_id,
@@ -153,7 +174,10 @@ class EditorTransport:
         target = room_name(connection.session_id)
         if removal is not None:
             self._socketio.emit("awareness", removal, to=target, skip_sid=sid)
-        self._socketio.emit("presence", presence, to=target, skip_sid=sid)
+        if self._cluster is not None:
+            self._cluster.left(connection.session_id, sid)
+        else:
+            self._socketio.emit("presence", presence, to=target, skip_sid=sid)
         logger.info(
             "client disconnected: session=%s sid=%s client=%s reason=%s users=%d",
             connection.session_id,
@@ -231,14 +255,18 @@ class EditorTransport:
         with room.lock:
             change = room.awareness.apply(entries, connection.sid)
             presence = None
+            renamed = None
             if self._update_user(room, connection.sid, change.latest_state):
                 presence = room.presence.snapshot()
+                renamed = room.presence.get(connection.sid)
         target = room_name(connection.session_id)
         if change.accepted:
             relay = data if len(change.accepted) == len(entries) else None
             relay = relay or encode_awareness_update(change.accepted)
             self._socketio.emit("awareness", relay, to=target, skip_sid=connection.sid)
-        if presence is not None:
+        if self._cluster is not None and renamed is not None:
+            self._cluster.renamed(connection.session_id, renamed)
+        elif presence is not None:
             self._socketio.emit("presence", presence, to=target)
         return {"ok": True}
 

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(
         prog="python -m launcher",
-        description="Start every process of the Procfile, print the URLs once all answer, "
+        description="Start every process of the Procfile, print the URLs once all respond, "
         "and stop them all on Ctrl-C.",
     )
     parser.add_argument(
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="only check that the ports are free and the broker answers, then exit",
+        help="only check that the ports are free and the broker accepts connections, then exit",
     )
     args = parser.parse_args(argv)
 

@@ -27,7 +27,7 @@ class Endpoint:
     host: str  # address the service binds
     port: int
     port_variable: str  # setting that changes the port, named in error messages
-    health_path: str  # path that answers HTTP 2xx-4xx once the service is up
+    health_path: str  # path that responds with HTTP 2xx-4xx once the service is up
     page_path: str = "/"  # path printed for a person to open
 
     @property
@@ -37,7 +37,7 @@ class Endpoint:
 
     @property
     def health_url(self) -> str:
-        """URL polled until the service answers."""
+        """URL polled until the service responds."""
         return f"http://{_url_host(self.probe_host)}:{self.port}{self.health_path}"
 
     @property
@@ -66,8 +66,8 @@ class LauncherConfig:
     endpoints: list[Endpoint]
     log_readiness: list[LogReadiness] = field(default_factory=list)
     broker_url: str = ""  # CELERY_BROKER_URL; empty means the embedded broker
-    ratelimit_storage_url: str = ""  # producer's rate-limiter storage; memory:// is per process
-    editor_ratelimit_storage_url: str = ""  # editor's rate-limiter storage
+    # Rate-limit storage URL by the variable that sets it; memory:// keeps buckets per process.
+    ratelimit_storage: dict[str, str] = field(default_factory=dict)
 
 
 def _url_host(host: str) -> str:
@@ -107,7 +107,7 @@ def load_config(procfile: Path | None = None) -> LauncherConfig:
         ),
     ]
     log_readiness = [
-        LogReadiness("worker", re.compile(r"celery@\S+ ready\."), "Celery worker ready"),
+        LogReadiness("worker", re.compile(r"\S+@\S+ ready\."), "Celery worker ready"),
         LogReadiness("beat", re.compile(r"beat: Starting"), "celery beat started"),
     ]
     return LauncherConfig(
@@ -117,9 +117,20 @@ def load_config(procfile: Path | None = None) -> LauncherConfig:
         endpoints=endpoints,
         log_readiness=log_readiness,
         broker_url=env_str("CELERY_BROKER_URL", ""),
-        ratelimit_storage_url=env_str("RATELIMIT_STORAGE_URL", "memory://"),
-        editor_ratelimit_storage_url=env_str("CODECOLLAB_RATE_LIMIT_STORAGE", "memory://"),
+        ratelimit_storage=_rate_limit_storage(),
     )
+
+
+def _rate_limit_storage() -> dict[str, str]:
+    """Return each service's rate-limit storage URL by the variable that sets it.
+
+    Both services fall back to ``RATELIMIT_STORAGE_URL``; the editor's own variable wins.
+    """
+    shared = env_str("RATELIMIT_STORAGE_URL", "memory://")
+    editor = env_str("CODECOLLAB_RATE_LIMIT_STORAGE", "")
+    if editor:
+        return {"CODECOLLAB_RATE_LIMIT_STORAGE": editor, "RATELIMIT_STORAGE_URL": shared}
+    return {"RATELIMIT_STORAGE_URL": shared}
 
 
 def environment_for_children() -> dict[str, str]:

@@ -191,19 +191,12 @@ def check_broker(broker_url: str, timeout: float = 3.0) -> list[str]:
 
 
 def rate_limit_warnings(config: LauncherConfig) -> list[str]:
-    """Return one warning per service whose rate limiter keeps its buckets in process memory.
-
-    With ``memory://`` every process counts on its own, so N processes of a service admit a
-    client N times the configured limit.
-    """
-    services = [
-        ("producer", "RATELIMIT_STORAGE_URL", config.ratelimit_storage_url),
-        ("editor", "CODECOLLAB_RATE_LIMIT_STORAGE", config.editor_ratelimit_storage_url),
-    ]
+    """Return a warning when a service keeps its rate-limit buckets in process memory."""
+    in_memory = [name for name, url in config.ratelimit_storage.items() if url.startswith("memory")]
+    if not in_memory:
+        return []
+    subject = " and ".join(in_memory) + (" use" if len(in_memory) > 1 else " uses")
     return [
-        f"{variable} is memory://, so each {service} process keeps its own rate-limit "
-        f"buckets and N {service} processes admit a client N times the limit. Set "
-        f"{variable}=redis://127.0.0.1:6379/0 to share the buckets between processes."
-        for service, variable, url in services
-        if url.startswith("memory")
+        f"{subject} memory://, so each process keeps its own rate-limit buckets and a client "
+        "gets the full limit from every process. Set redis://127.0.0.1:6379/0 to share them."
     ]

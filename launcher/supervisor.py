@@ -1,10 +1,13 @@
 """Supervisor that starts Procfile processes, waits for readiness and stops them all.
 
 Each process runs under ``/bin/sh -c`` in a new session, so it leads its own process group
-and everything it forks stays in that group unless it calls ``setsid`` itself. Stopping
-sends SIGTERM to every group, waits ``stop_timeout`` seconds, then sends SIGKILL to the
-groups that still have members, so that no child, grandchild or pool worker outlives the
-launcher.
+and everything it forks stays in that group unless it calls ``setsid`` itself.
+
+Stopping sends SIGTERM to the top of each group: the shell and the command it started. The
+command then stops its own children, as a Celery worker does with its pool (a SIGTERM to
+every pool child would kill running tasks mid-frame). Members left once the top of their
+group has exited get SIGTERM next, and whatever still runs after ``stop_timeout`` seconds
+gets SIGKILL, so that no child, grandchild or pool worker outlives the launcher.
 
 NOTE: a launcher killed with SIGKILL cannot clean up. Its process groups keep running, and
 the next ``make run`` reports their ports as taken, with their pids.
@@ -12,6 +15,7 @@ the next ``make run`` reports their ports as taken, with their pids.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
@@ -27,6 +31,7 @@ from .config import Endpoint, LauncherConfig, LogReadiness
 from .output import PrefixedOutput
 from .procfile import ProcessSpec
 
+_PROC = Path("/proc")
 _POLL_INTERVAL = 0.25  # seconds between readiness and liveness checks
 _KILL_WAIT = 3.0  # seconds to wait for groups to vanish after SIGKILL
 _SETTLE_TIME = 2.0  # seconds a process without a probe must run before it counts as ready
@@ -79,7 +84,17 @@ def group_alive(pgid: int, proc: Path = Path("/proc")) -> bool:
 
 def group_members(pgid: int, proc: Path = Path("/proc")) -> list[int]:
     """Return the pids of the live, non-zombie processes in process group ``pgid`` (Linux)."""
-    members = []
+    return [pid for pid, _parent in _group_processes(pgid, proc)]
+
+
+def group_top(pgid: int, proc: Path = Path("/proc")) -> list[int]:
+    """Return the group leader and its direct children, if alive (Linux)."""
+    return [pid for pid, parent in _group_processes(pgid, proc) if pgid in (pid, parent)]
+
+
+def _group_processes(pgid: int, proc: Path) -> list[tuple[int, int]]:
+    """Return ``(pid, parent pid)`` of the live, non-zombie processes in group ``pgid``."""
+    processes = []
     for pid_dir in proc.iterdir():
         if not pid_dir.name.isdigit():
             continue
@@ -90,8 +105,8 @@ def group_members(pgid: int, proc: Path = Path("/proc")) -> list[int]:
         # Fields after the command name: state, ppid, pgrp, ...
         fields = stat.rsplit(")", 1)[1].split()
         if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(pid_dir.name))
-    return members
+            processes.append((int(pid_dir.name), int(fields[1])))
+    return processes
 
 
 class Supervisor:
@@ -272,32 +287,57 @@ class Supervisor:
                 pass
         return signalled
 
-    def _wait_for_groups(self, timeout: float) -> list[ManagedProcess]:
-        """Wait until every group is empty or ``timeout`` passes; return those still alive."""
+    def _signal_tops(self, sig: signal.Signals) -> dict[int, set[int]]:
+        """Send ``sig`` to the top of every group (see the module docs).
+
+        :return: the signalled pids by process group id.
+        """
+        tops: dict[int, set[int]] = {}
+        for managed in self._processes:
+            managed.popen.poll()
+            pids = group_top(managed.pgid) if _PROC.is_dir() else [managed.pgid]
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            if pids:
+                tops[managed.pgid] = set(pids)
+        return tops
+
+    def _wait_for_groups(self, timeout: float, tops: dict[int, set[int]]) -> list[ManagedProcess]:
+        """Wait until every group is empty or ``timeout`` passes; return those still alive.
+
+        Once every top process of a group has exited, the members it left behind get SIGTERM.
+        """
         deadline = time.monotonic() + timeout
         while True:
             for managed in self._processes:
                 managed.popen.poll()
             alive = [m for m in self._processes if group_alive(m.pgid)]
+            for managed in alive:
+                top = tops.get(managed.pgid)
+                if top and not (top & set(group_members(managed.pgid))):
+                    del tops[managed.pgid]
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(managed.pgid, signal.SIGTERM)
             if not alive or time.monotonic() >= deadline:
                 return alive
             time.sleep(0.1)
 
     def _shutdown(self) -> None:
-        signalled = self._kill_all(signal.SIGTERM)
-        if signalled:
-            names = ", ".join(m.spec.name for m in signalled)
+        tops = self._signal_tops(signal.SIGTERM)
+        if tops:
+            names = ", ".join(m.spec.name for m in self._processes if m.pgid in tops)
             self._out.note(
                 f"stopping {names} (SIGTERM, SIGKILL after {self._config.stop_timeout:g} s)"
             )
-        alive = self._wait_for_groups(self._config.stop_timeout)
+        alive = self._wait_for_groups(self._config.stop_timeout, tops)
         if alive:
             self._out.note(
                 "still running after SIGTERM, sending SIGKILL: "
                 + ", ".join(m.spec.name for m in alive)
             )
             self._kill_all(signal.SIGKILL)
-            alive = self._wait_for_groups(_KILL_WAIT)
+            alive = self._wait_for_groups(_KILL_WAIT, tops={})
         for managed in self._processes:
             if managed.reader is not None:
                 managed.reader.join(timeout=2.0)

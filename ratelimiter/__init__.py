@@ -5,7 +5,7 @@
     limiter = RateLimiter("5/second, burst 10; 1000/hour", storage="memory://")
     decision = limiter.check("client-key", cost=1)
     if not decision.allowed:
-        ...  # reject; decision.retry_after says when to try again
+        ...  # reject the request; decision.retry_after gives the seconds to wait
 
 The core knows nothing of web frameworks: ``ratelimiter.flask``, ``ratelimiter.wsgi`` and
 ``ratelimiter.asgi`` adapt it to HTTP.

@@ -8,7 +8,7 @@
 It is a plain ASGI middleware, not a ``BaseHTTPMiddleware``: the response passes through
 message by message, so streaming and server-sent responses keep streaming. The rate-limit
 headers are added to the one ``http.response.start`` message the application sends; the body
-messages are untouched. A rejected request is answered by the middleware itself, with exactly
+messages are untouched. The middleware sends a rejection itself, with exactly
 one ``http.response.start`` and one body message, and the application never sees it.
 
 Checks use the limiter's async path (``redis.asyncio`` for Redis), so the event loop never

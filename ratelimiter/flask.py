@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, current_app, request
 
 from .decision import Decision
 from .keys import ClientIP, KeySource
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 KeyFunc = Callable[[], str] | KeySource
 
-_DECISION_ATTRIBUTE = "_ratelimiter_decision"
+_DECISION_KEY = "ratelimiter.decision"
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,8 @@ class Limiter:
         self.enabled = enabled
         self._route_limits: dict[Callable[..., Any], list[RouteLimit]] = {}
         self._exempt_views: set[Callable[..., Any]] = set()
+        # id(URL rule) -> (rule, its route limits, whether it is exempt); filled on first use.
+        self._rule_cache: dict[int, tuple[Any, list[RouteLimit], bool]] = {}
         if app is not None:
             self.init_app(app)
 
@@ -174,6 +176,7 @@ class Limiter:
 
         def decorator(view: F) -> F:
             self._route_limits.setdefault(view, []).append(route_limit)
+            self._rule_cache.clear()
             return view
 
         return decorator
@@ -184,56 +187,95 @@ class Limiter:
         Limits added with :meth:`limit` on the same view still apply.
         """
         self._exempt_views.add(view)
+        self._rule_cache.clear()
         return view
 
     def current_decision(self) -> Decision | None:
         """Return the decision made for the current request, if any."""
-        return g.get(_DECISION_ATTRIBUTE)
+        return request.environ.get(_DECISION_KEY)
 
     # Request hooks
 
     def _before_request(self) -> Response | None:
-        if not self.enabled or request.method in self.exempt_methods:
+        if not self.enabled:
             return None
-        method = "GET" if request.method == "HEAD" else request.method
-        view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
-
-        buckets: list[Bucket] = []
-        cost = 1
-        label = None
-        for route_limit in self._route_limits.get(view, ()):
-            if route_limit.methods is not None and method not in route_limit.methods:
-                continue
-            key = self._key(route_limit.key_func)
-            scope = route_limit.scope or f"route:{request.endpoint}"
-            buckets.extend(self.limiter.buckets(key, scope, route_limit.policies))
-            cost = route_limit.cost() if callable(route_limit.cost) else route_limit.cost
-            label = label or key
-        if self.default_policies and view not in self._exempt_views:
-            key = self._key(None)
-            buckets.extend(self.limiter.buckets(key, "default", self.default_policies))
-            label = label or key
-        if not buckets:
+        # One proxy lookup: werkzeug's LocalProxy costs a little on every attribute access.
+        req = request._get_current_object()
+        environ = req.environ
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method in self.exempt_methods:
             return None
 
-        decision = self.limiter.check_buckets(buckets, label, cost)
-        setattr(g, _DECISION_ATTRIBUTE, decision)
+        route_limits, exempt = self._limits_for(req.url_rule)
+        if not route_limits:
+            if exempt or not self.default_policies:
+                return None
+            key = self._key(None, environ)
+            buckets = self.limiter.buckets(key, "default", self.default_policies)
+            decision = self.limiter.check_buckets(buckets, key, 1)
+        else:
+            decision = self._check_route(req, environ, method, route_limits, exempt)
+            if decision is None:
+                return None
+
+        environ[_DECISION_KEY] = decision
         if decision.allowed:
             return None
         response = rejection(decision, include_rate_limit_headers=False)
         return Response(response.body, status=response.status, headers=response.headers)
 
+    def _check_route(
+        self,
+        req: Any,
+        environ: dict[str, Any],
+        method: str,
+        route_limits: list[RouteLimit],
+        exempt: bool,
+    ) -> Decision | None:
+        if method == "HEAD":
+            method = "GET"
+        buckets: list[Bucket] = []
+        cost = 1
+        label = None
+        for route_limit in route_limits:
+            if route_limit.methods is not None and method not in route_limit.methods:
+                continue
+            key = self._key(route_limit.key_func, environ)
+            scope = route_limit.scope or f"route:{req.endpoint}"
+            buckets.extend(self.limiter.buckets(key, scope, route_limit.policies))
+            cost = route_limit.cost() if callable(route_limit.cost) else route_limit.cost
+            label = label or key
+        if self.default_policies and not exempt:
+            key = self._key(None, environ)
+            buckets.extend(self.limiter.buckets(key, "default", self.default_policies))
+            label = label or key
+        if not buckets:
+            return None
+        return self.limiter.check_buckets(buckets, label, cost)
+
+    def _limits_for(self, rule: Any) -> tuple[list[RouteLimit], bool]:
+        """Return the route limits and the exemption of a URL rule, cached per rule."""
+        # Rules are unhashable, so the cache is keyed by id() and keeps the rule alive.
+        cached = self._rule_cache.get(id(rule))
+        if cached is None or cached[0] is not rule:
+            view = current_app.view_functions.get(rule.endpoint) if rule is not None else None
+            cached = (rule, self._route_limits.get(view, []), view in self._exempt_views)
+            self._rule_cache[id(rule)] = cached
+        return cached[1], cached[2]
+
     def _after_request(self, response: Response) -> Response:
-        decision = g.get(_DECISION_ATTRIBUTE)
-        if decision is not None and self.headers_enabled:
-            for name, value in rate_limit_headers(decision):
-                response.headers[name] = value
+        if self.headers_enabled:
+            decision = request.environ.get(_DECISION_KEY)
+            if decision is not None:
+                headers = response.headers
+                for name, value in rate_limit_headers(decision):
+                    headers.add(name, value)
         return response
 
-    def _key(self, key_func: KeyFunc | None) -> str:
+    def _key(self, key_func: KeyFunc | None, environ: dict[str, Any]) -> str:
         source = key_func or self.key_func
         if source is None:
-            return self.client_ip.from_environ(request.environ)
+            return self.client_ip.from_environ(environ)
         if hasattr(source, "from_environ"):
-            return source.from_environ(request.environ)
+            return source.from_environ(environ)
         return str(source())

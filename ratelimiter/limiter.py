@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -90,18 +91,31 @@ class RateLimiter:
         if isinstance(storage, str):
             storage = storage_from_url(storage, timeout=timeout, clock=clock)
         self.storage: Storage = storage
+        # The memory backend's single-bucket fast path, when the storage has one.
+        self._acquire_one = getattr(storage, "acquire_one", None)
+        self._single_policy = (
+            self.policies[0] if self._acquire_one is not None and len(self.policies) == 1 else None
+        )
         self.on_storage_error = on_storage_error
         self.timeout = timeout
         self.dry_run = dry_run
         self.key_prefix = key_prefix
+        self._key_prefix_colon = key_prefix + ":"
         self.on_event = on_event
         self.storage_retry_after = storage_retry_after
-        #: Checks by outcome: allowed, limited, dry_run and storage_error.
-        self.counters: dict[str, int] = dict.fromkeys(_EVENT_KINDS, 0)
+        # itertools.count increments atomically under the GIL, without a lock.
+        self._counts = {kind: itertools.count() for kind in _EVENT_KINDS}
+        self._allowed_count = self._counts["allowed"]
         self._counter_lock = threading.Lock()
         self._storage_failing = False
         self._failed_checks = 0
         self._reject_log = _LogThrottle(_REJECT_LOG_INTERVAL)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Checks so far by outcome: allowed, limited, dry_run and storage_error."""
+        # repr() is the one way to read an itertools.count without advancing it: "count(7)".
+        return {kind: int(repr(counter)[6:-1]) for kind, counter in self._counts.items()}
 
     # Public checks
 
@@ -117,6 +131,24 @@ class RateLimiter:
             ``retry_after = math.inf``.
         :raises ValueError: when ``cost`` is negative or not an integer.
         """
+        single = self._single_policy
+        if single is not None and key.__class__ is str and cost.__class__ is int and cost >= 0:
+            # The memory backend's fast path, inlined because it is the hot path of every
+            # in-process check.
+            try:
+                allowed, remaining, reset_after, retry_after = self._acquire_one(
+                    self._key_prefix_colon + key, single, cost
+                )
+            except StorageError as error:
+                return self._storage_error_decision(key, cost, error)
+            if allowed and not self._storage_failing:
+                next(self._allowed_count)
+                decision = Decision(True, remaining, 0.0, reset_after, single, key, cost)
+                if self.on_event is not None:
+                    self._emit("allowed", decision)
+                return decision
+            state = BucketState(single, remaining, reset_after, retry_after)
+            return self._decide(key, cost, allowed, [state])
         return self.check_buckets(self.buckets(key), key, cost)
 
     async def check_async(self, key: str, cost: int = 1) -> Decision:
@@ -142,6 +174,9 @@ class RateLimiter:
 
     def check_buckets(self, buckets: Sequence[Bucket], key: str, cost: int = 1) -> Decision:
         """Take ``cost`` tokens from all ``buckets`` atomically; ``key`` labels the decision."""
+        if self._acquire_one is not None and len(buckets) == 1:
+            storage_key, policy = buckets[0]
+            return self._check_one(storage_key, policy, key, cost)
         _validate_cost(cost)
         try:
             allowed, states = self.storage.acquire(buckets, cost)
@@ -165,6 +200,27 @@ class RateLimiter:
         self.storage.close()
 
     # Decisions
+
+    def _check_one(self, storage_key: str, policy: Policy, key: str, cost: int) -> Decision:
+        """Check one bucket through the memory backend's fast path."""
+        if cost.__class__ is not int or cost < 0:
+            _validate_cost(cost)
+        try:
+            allowed, remaining, reset_after, retry_after = self._acquire_one(
+                storage_key, policy, cost
+            )
+        except StorageError as error:
+            return self._storage_error_decision(key, cost, error)
+        if allowed:
+            if self._storage_failing:
+                self._mark_recovered()
+            next(self._allowed_count)
+            decision = Decision(True, remaining, 0.0, reset_after, policy, key, cost)
+            if self.on_event is not None:
+                self._emit("allowed", decision)
+            return decision
+        state = BucketState(policy, remaining, reset_after, retry_after)
+        return self._decide(key, cost, False, [state])
 
     def _decide(self, key: str, cost: int, allowed: bool, states: list[BucketState]) -> Decision:
         if self._storage_failing:
@@ -247,8 +303,11 @@ class RateLimiter:
         logger.warning("rate-limit storage recovered after %d failed checks", failed)
 
     def _count(self, kind: EventKind, decision: Decision, error: Exception | None = None) -> None:
-        with self._counter_lock:
-            self.counters[kind] += 1
+        next(self._counts[kind])
+        if self.on_event is not None:
+            self._emit(kind, decision, error)
+
+    def _emit(self, kind: EventKind, decision: Decision, error: Exception | None = None) -> None:
         if self.on_event is not None:
             try:
                 self.on_event(RateLimitEvent(kind, decision, error))
@@ -283,6 +342,10 @@ class _LogThrottle:
     def ready(self) -> int | None:
         """Return the number held back since the last line when a line may be logged now."""
         now = time.monotonic()
+        if now < self._next:
+            with self._lock:
+                self._held_back += 1
+            return None
         with self._lock:
             if now < self._next:
                 self._held_back += 1

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 
 __all__ = ["Policy", "parse_policies", "parse_policy"]
 
-# Largest value of ``capacity * period_us``. The Redis script does integer arithmetic on Lua
-# doubles, which are exact only below 2**53; this bound leaves headroom for the additions.
-MAX_SCALED_CAPACITY = 2**51
+# Largest refill time of a bucket, in microseconds (about 71 years), and largest count and
+# burst. The Redis script adds microsecond timestamps (about 2**51 today) to these on Lua
+# doubles, which are exact only below 2**53.
+MAX_REFILL_US = 2**51
+MAX_TOKENS = 2**40
 
 _UNIT_SECONDS = {
     "s": 1,
@@ -63,9 +65,9 @@ class Policy:
     :param burst: the capacity of the bucket. ``None`` (the default) means ``count``.
     :param name: the identifier shown in the ``RateLimit`` headers and log lines. The default
         is derived from the numbers, such as ``"10/1s;burst=20"``.
-    :raises ValueError: when a number is not positive, or when ``burst * period`` is too large
-        for exact arithmetic (above 2**51 microsecond-tokens, about 71 years of a 1/second
-        bucket).
+    :raises ValueError: when a number is not positive, when ``count`` or ``burst`` exceeds
+        2**40, or when an empty bucket would take more than 2**51 microseconds (about 71
+        years) to refill.
     """
 
     count: int
@@ -75,6 +77,8 @@ class Policy:
     # Derived, exact integer forms used by the storage backends.
     period_us: int = field(init=False, repr=False, compare=False)
     capacity: int = field(init=False, repr=False, compare=False)
+    #: Part of the storage key, so a changed policy never reuses an old policy's state.
+    storage_id: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.count, int) or isinstance(self.count, bool) or self.count < 1:
@@ -87,13 +91,16 @@ class Policy:
         burst = self.count if self.burst is None else self.burst
         if not isinstance(burst, int) or isinstance(burst, bool) or burst < 1:
             raise ValueError(f"policy burst {self.burst!r} is invalid; use an integer >= 1")
-        if burst * period_us > MAX_SCALED_CAPACITY:
+        if self.count > MAX_TOKENS or burst > MAX_TOKENS:
+            raise ValueError(f"policy count and burst must be at most {MAX_TOKENS}")
+        if burst * period_us > MAX_REFILL_US * self.count:
             raise ValueError(
-                f"policy burst {burst} over {self.period}s is too large for exact arithmetic; "
-                "lower the burst or the period"
+                f"policy burst {burst} refills over more than 71 years at {self.count} per "
+                f"{self.period}s; lower the burst or the period"
             )
         object.__setattr__(self, "period_us", period_us)
         object.__setattr__(self, "capacity", burst)
+        object.__setattr__(self, "storage_id", f"{self.count}-{period_us}-{burst}")
         if not self.name:
             label = f"{self.count}/{_format_seconds(period_us)}"
             if burst != self.count:
@@ -109,11 +116,6 @@ class Policy:
     def refill_seconds(self) -> float:
         """Seconds an empty bucket takes to refill to full capacity."""
         return self.capacity * self.period_us / self.count / 1_000_000
-
-    @property
-    def storage_id(self) -> str:
-        """Part of the storage key, so a changed policy never reuses an old policy's state."""
-        return f"{self.count}-{self.period_us}-{self.capacity}"
 
     def __str__(self) -> str:
         return self.name

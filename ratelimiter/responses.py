@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 from .decision import Decision
+from .policy import Policy
 
 __all__ = ["Rejection", "rate_limit_headers", "rejection"]
 
@@ -30,19 +31,44 @@ def _sf_string(text: str) -> str:
     return f'"{printable}"'
 
 
+# id(policy) -> (policy, quoted name, RateLimit-Policy member). The policy itself is kept so
+# that its id cannot be reused by another object while the entry exists.
+_policy_fields: dict[int, tuple[Policy, str, str]] = {}
+
+
+def _fields_of(policy: Policy) -> tuple[Policy, str, str]:
+    entry = _policy_fields.get(id(policy))
+    if entry is None or entry[0] is not policy:
+        name = _sf_string(policy.name)
+        window = max(1, math.ceil(policy.refill_seconds))
+        entry = (policy, name, f"{name};q={policy.capacity};w={window}")
+        if len(_policy_fields) > 10_000:
+            _policy_fields.clear()
+        _policy_fields[id(policy)] = entry
+    return entry
+
+
 def rate_limit_headers(decision: Decision) -> list[tuple[str, str]]:
     """Return the ``RateLimit-Policy`` and ``RateLimit`` headers of a decision.
 
     Empty when storage failed, because the bucket state is then unknown.
     """
-    if not decision.states:
+    states = decision.states
+    if not states:
         return []
+    if len(states) == 1:
+        state = states[0]
+        _, name, policy_member = _fields_of(state.policy)
+        remaining = state.remaining if state.remaining > 0 else 0
+        return [
+            ("RateLimit-Policy", policy_member),
+            ("RateLimit", f"{name};r={remaining};t={math.ceil(state.reset_after)}"),
+        ]
     policies = []
     current = []
-    for state in decision.states:
-        name = _sf_string(state.policy.name)
-        window = max(1, math.ceil(state.policy.refill_seconds))
-        policies.append(f"{name};q={state.policy.capacity};w={window}")
+    for state in states:
+        _, name, policy_member = _fields_of(state.policy)
+        policies.append(policy_member)
         current.append(f"{name};r={max(0, state.remaining)};t={math.ceil(state.reset_after)}")
     return [("RateLimit-Policy", ", ".join(policies)), ("RateLimit", ", ".join(current))]
 

@@ -26,6 +26,7 @@ from celery import Celery
 from kombu import Connection, Exchange, Queue
 
 from scheduler.config import Settings
+from scheduler.sqlite_broker import register as register_sqlite_broker
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,8 @@ def dead_letter_exchange(settings: Settings) -> Exchange:
 def build_queues(settings: Settings) -> list[Queue]:
     """Return the durable work queues, which a worker consumes unless ``-Q`` names others.
 
-    On the embedded broker the queue arguments are left out because the SQLAlchemy transport
-    has no dead-lettering.
+    On the embedded broker the queue arguments are left out because the SQLite transport has
+    no dead-lettering.
     """
     dlx = dead_letter_exchange(settings)
     arguments = None
@@ -95,9 +96,11 @@ def make_celery(settings: Settings, *, producer: bool = False) -> Celery:
     app = Celery("scheduler", set_as_current=False)
     transport_options: dict[str, object]
     if settings.embedded_broker:
-        # Keyword arguments of sqlalchemy.create_engine: wait for SQLite's write lock instead
-        # of failing with "database is locked" when several workers poll at once.
-        transport_options = {"connect_args": {"timeout": 30}}
+        register_sqlite_broker()
+        transport_options = {}
+        if producer:
+            # A POST waits at most this long for SQLite's write lock before returning 503.
+            transport_options["busy_timeout"] = settings.publish_timeout
     else:
         transport_options = {"confirm_publish": True}
         if producer:
@@ -135,12 +138,11 @@ def make_celery(settings: Settings, *, producer: bool = False) -> Celery:
         task_publish_retry=False,
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
-        worker_send_task_events=not settings.embedded_broker,
+        worker_send_task_events=True,
         task_send_sent_event=False,
         result_expires=timedelta(days=settings.result_expires_days),
         result_extended=True,
-        # The embedded broker has no fanout exchanges, so remote control cannot work there.
-        worker_enable_remote_control=not settings.embedded_broker,
+        worker_enable_remote_control=True,
         worker_hijack_root_logger=True,
         beat_schedule_filename=str(settings.state_dir / "celerybeat-schedule"),
         beat_schedule={

@@ -18,14 +18,14 @@ from envconfig import ConfigError, env_float, env_int, env_str, load_env, repo_r
 
 logger = logging.getLogger(__name__)
 
-EMBEDDED_BROKER_SCHEME = "sqla+sqlite"
+EMBEDDED_BROKER_SCHEME = "sqlite"
 
 # Embedded-broker limits, logged at start-up and repeated in the README.
 EMBEDDED_BROKER_LIMITS = (
-    "embedded broker (kombu SQLAlchemy transport on SQLite) in use: a message claimed by a "
-    "worker that is killed with SIGKILL is lost, broadcast is not supported (so `celery "
-    "inspect` and `celery control` do nothing), and dead-lettering does not exist. Set "
-    "CELERY_BROKER_URL=amqp://... to use RabbitMQ."
+    "embedded broker (SQLite transport, scheduler.sqlite_broker) in use: producers and workers "
+    "must run on this machine, a message may hold at most 4 MiB, and there is no dead-letter "
+    "queue (a task that fails for good is recorded in the task store and its message dropped). "
+    "Set CELERY_BROKER_URL=amqp://... to use RabbitMQ."
 )
 
 
@@ -114,7 +114,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if environ is None:
         load_env()
     state_dir = _resolve(env_str("SCHEDULER_STATE_DIR", "var/scheduler", environ))
-    default_broker = f"{EMBEDDED_BROKER_SCHEME}:///{state_dir / 'broker.db'}"
+    default_broker = f"{EMBEDDED_BROKER_SCHEME}:///{state_dir / 'broker.sqlite3'}"
     default_backend = f"db+sqlite:///{state_dir / 'results.db'}"
 
     settings = Settings(

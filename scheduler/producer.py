@@ -35,6 +35,7 @@ from scheduler.events import TaskEvents
 from scheduler.pgtaskstore import open_task_store
 from scheduler.publisher import BrokerUnavailable, Publisher
 from scheduler.taskstore import TERMINAL_STATES, IdempotencyConflict, TaskRecord, TaskStore
+from scheduler.web import create_jobs_blueprint
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_mb * 1024 * 1024 + MAX_FORM_OVERHEAD
     app.json.sort_keys = False
     app.extensions["scheduler"] = {"settings": settings, "store": store, "events": events}
+    app.register_blueprint(create_jobs_blueprint(settings, max_thumbnails=MAX_THUMBNAILS))
 
     # Per-route policies only, keyed by client IP; the key prefix keeps these buckets apart
     # from other services that share a Redis storage.

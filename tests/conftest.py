@@ -1,4 +1,4 @@
-"""Fixtures shared by every test: access to the real Redis, RabbitMQ and Chromium.
+"""Fixtures shared by every test: access to the real Redis, RabbitMQ, PostgreSQL and Chromium.
 
 A test that needs one of these components skips with the reason printed when the component
 is unreachable. With ``REQUIRE_SERVICES=1`` (set by ``.ci/run``) it fails instead, so CI
@@ -19,6 +19,11 @@ REDIS_PORT = int(os.environ.get("TEST_REDIS_PORT", "6379"))
 RABBITMQ_HOST = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1")
 RABBITMQ_PORT = int(os.environ.get("TEST_RABBITMQ_PORT", "5672"))
 CHROMIUM_PATH = os.environ.get("TEST_CHROMIUM_PATH", "/usr/bin/chromium")
+POSTGRES_HOST = os.environ.get("TEST_POSTGRES_HOST", "127.0.0.1")
+POSTGRES_PORT = int(os.environ.get("TEST_POSTGRES_PORT", "5432"))
+POSTGRES_URL = os.environ.get(
+    "TEST_POSTGRES_URL", f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/test"
+)
 
 
 def services_required() -> bool:
@@ -55,6 +60,17 @@ def rabbitmq_url() -> str:
     if not tcp_reachable(RABBITMQ_HOST, RABBITMQ_PORT):
         _unavailable(f"RabbitMQ is not reachable at {RABBITMQ_HOST}:{RABBITMQ_PORT}")
     return f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}//"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """URL of the real PostgreSQL database ``test``; skips or fails when it does not answer.
+
+    Tests isolate themselves with a schema or table names derived from ``unique_prefix``.
+    """
+    if not tcp_reachable(POSTGRES_HOST, POSTGRES_PORT):
+        _unavailable(f"PostgreSQL is not reachable at {POSTGRES_HOST}:{POSTGRES_PORT}")
+    return POSTGRES_URL
 
 
 @pytest.fixture(scope="session")

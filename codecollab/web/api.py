@@ -73,9 +73,10 @@ def session_info(session_id: str) -> JsonResponse:
                 return _missing(session_id)
             with room.lock:
                 text = str(room.text)
-                users = room.presence.users()
                 document_bytes = len(room.doc.get_update())
                 language = room.language
+            # Users of every editor process when several share a message queue.
+            users = current_app.extensions["codecollab"].transport.presence_of(room)["users"]
     except SessionUnavailable as exc:
         return {"error": str(exc)}, 503
     return {

@@ -10,15 +10,18 @@ integer arithmetic with no rounding.
 
 Memory is bounded in two ways, without background threads:
 
-- every check also inspects a few stored keys and drops those whose bucket is full again;
+- every new key first inspects two stored keys and drops those whose bucket is full again,
+  so a table that stops growing costs nothing more, and one that grows sheds idle keys;
 - ``max_keys`` caps the live keys. At the cap a new key first makes room by dropping full
   buckets, then a bucket that still admits a request (a reset that favours that client a
   little). A bucket that is currently rejecting requests is never dropped: when every key
   inspected is limited, the check raises ``StorageFullError``, which ``on_storage_error``
   turns into an admit or a reject.
 
-Measured on CPython 3.11 (x86-64), a live key costs about 200 bytes plus the key string; see
-``docs/benchmarks.md`` and the one-million-key test.
+Memory bound: with client keys of about 20 characters, one million live keys take about
+175 bytes each on CPython 3.11 x86-64 (about 170 MiB in all); the test
+``tests/ratelimiter/test_memory_bound.py`` fails above 250 bytes per key. Longer keys add
+their length. ``max_keys`` (default 1,000,000) caps the total.
 
 Safe under threads, and under gevent or eventlet greenlets: the critical section holds a
 ``threading.Lock`` (a cooperative lock once monkey-patched) and never does I/O.
@@ -41,8 +44,10 @@ __all__ = ["MemoryStorage"]
 logger = logging.getLogger(__name__)
 
 _NS_PER_SECOND = 1_000_000_000
-# Keys inspected by the idle sweep per check, and at the cap when a new key needs room.
-_SWEEP_PER_CHECK = 2
+# Each new key first inspects 2 stored keys and drops the full ones, so a sweep pass over n
+# keys completes within n/2 insertions: the table holds at most the live keys plus the keys
+# inserted during about two passes. A new key at the cap inspects 64 to make room.
+_SWEEP_PER_INSERT = 2
 _SWEEP_AT_CAP = 64
 _EVICTION_LOG_INTERVAL_NS = 60 * _NS_PER_SECOND
 
@@ -98,47 +103,54 @@ class MemoryStorage:
 
     def acquire(self, buckets: Sequence[Bucket], cost: int) -> tuple[bool, list[BucketState]]:
         """Take ``cost`` tokens from every bucket, or from none when one lacks them."""
+        if len(buckets) == 1:
+            key, policy = buckets[0]
+            allowed, remaining, reset_after, retry_after = self.acquire_one(key, policy, cost)
+            return allowed, [BucketState(policy, remaining, reset_after, retry_after)]
         now = self._clock()
         with self._lock:
-            if len(buckets) == 1:
-                result = self._acquire_one(buckets[0], cost, now)
-            else:
-                result = self._acquire_all(buckets, cost, now)
-            self._sweep(now, _SWEEP_PER_CHECK)
-        return result
+            return self._acquire_all(buckets, cost, now)
 
-    def _acquire_one(self, bucket: Bucket, cost: int, now: int) -> tuple[bool, list[BucketState]]:
-        key, policy = bucket
+    def acquire_one(self, key: str, policy: Policy, cost: int) -> tuple[bool, int, float, float]:
+        """Take ``cost`` tokens from one bucket: the fast path of single-policy checks.
+
+        Returns whether the request was admitted, the tokens left, the seconds until the
+        bucket is full, and the seconds until it admits ``cost`` (0 when admitted).
+        """
         table = self._tables.get(policy.storage_id) or self._table(policy)
-        now_scaled = now * table.count
-        tat = table.tats.get(key, 0)
-        if tat < now_scaled:
-            tat = now_scaled
-        new_tat = tat + cost * table.interval
-        backlog = new_tat - now_scaled
-        if backlog <= table.tolerance:
-            if cost:
-                self._store(table, key, new_tat, now)
-            state = BucketState(
-                policy,
-                (table.tolerance - backlog) // table.interval,
-                seconds_from(backlog, table.units_per_second),
-                0.0,
-            )
-            return True, [state]
-        backlog = tat - now_scaled
-        state = BucketState(
-            policy,
-            (table.tolerance - backlog) // table.interval,
-            seconds_from(backlog, table.units_per_second),
-            self._retry_after(table, backlog, cost),
+        interval = table.interval
+        tolerance = table.tolerance
+        now = self._clock()
+        with self._lock:
+            now_scaled = now * table.count
+            tats = table.tats
+            stored = tats.get(key, 0)  # 0 means absent: a stored TAT is always positive.
+            tat = stored if stored > now_scaled else now_scaled
+            new_tat = tat + cost * interval
+            backlog = new_tat - now_scaled
+            if backlog <= tolerance:
+                if cost:
+                    if stored:
+                        tats[key] = new_tat
+                    else:
+                        self._insert(table, key, new_tat, now)
+                allowed = True
+                retry_after = 0.0
+            else:
+                allowed = False
+                backlog = tat - now_scaled
+                retry_after = self._retry_after(table, backlog, cost)
+        return (
+            allowed,
+            (tolerance - backlog) // interval,
+            backlog / table.units_per_second,
+            retry_after,
         )
-        return False, [state]
 
     def _acquire_all(
         self, buckets: Sequence[Bucket], cost: int, now: int
     ) -> tuple[bool, list[BucketState]]:
-        tables = [self._table(policy) for _, policy in buckets]
+        tables = [self._tables.get(p.storage_id) or self._table(p) for _, p in buckets]
         backlogs = []
         for table, (key, _) in zip(tables, buckets, strict=True):
             tat = table.tats.get(key, 0) - now * table.count
@@ -153,7 +165,11 @@ class MemoryStorage:
             if allowed:
                 backlog += cost * table.interval
                 if cost:
-                    self._store(table, key, now * table.count + backlog, now)
+                    tat = now * table.count + backlog
+                    if key in table.tats:
+                        table.tats[key] = tat
+                    else:
+                        self._insert(table, key, tat, now)
                 retry = 0.0
             else:
                 retry = self._retry_after(table, backlog, cost)
@@ -161,7 +177,7 @@ class MemoryStorage:
                 BucketState(
                     policy,
                     (table.tolerance - backlog) // table.interval,
-                    seconds_from(backlog, table.units_per_second),
+                    backlog / table.units_per_second,
                     retry,
                 )
             )
@@ -196,11 +212,12 @@ class MemoryStorage:
             table = self._tables[policy.storage_id] = _Table(policy)
         return table
 
-    def _store(self, table: _Table, key: str, tat: int, now: int) -> None:
-        if key not in table.tats:
-            if self._size >= self.max_keys:
-                self._make_room(now)
-            self._size += 1
+    def _insert(self, table: _Table, key: str, tat: int, now: int) -> None:
+        """Store a new key, after dropping idle ones so that memory follows the live keys."""
+        self._sweep(now, _SWEEP_PER_INSERT)
+        if self._size >= self.max_keys:
+            self._make_room(now)
+        self._size += 1
         table.tats[key] = tat
 
     def _make_room(self, now: int) -> None:
@@ -242,26 +259,32 @@ class MemoryStorage:
         candidate = None
         tables_left = len(self._tables) + 1
         while budget > 0:
-            if self._sweep_position >= len(self._sweep_keys):
+            keys = self._sweep_keys
+            position = self._sweep_position
+            if position >= len(keys):
                 tables_left -= 1
                 if tables_left < 0 or not self._next_sweep_table():
                     break
                 continue
-            key = self._sweep_keys[self._sweep_position]
-            self._sweep_position += 1
-            budget -= 1
             table = self._sweep_table
-            tat = table.tats.get(key)
-            if tat is None:
-                continue
-            backlog = tat - now * table.count
-            if backlog <= 0:
-                del table.tats[key]
-                self._size -= 1
-            elif (
-                find_unlimited and candidate is None and backlog <= table.tolerance - table.interval
-            ):
-                candidate = (table, key)
+            tats = table.tats
+            now_scaled = now * table.count
+            end = min(position + budget, len(keys))
+            budget -= end - position
+            self._sweep_position = end
+            for key in keys[position:end]:
+                tat = tats.get(key)
+                if tat is None:
+                    continue
+                if tat <= now_scaled:
+                    del tats[key]
+                    self._size -= 1
+                elif (
+                    find_unlimited
+                    and candidate is None
+                    and tat - now_scaled <= table.tolerance - table.interval
+                ):
+                    candidate = (table, key)
         return candidate
 
     def _next_sweep_table(self) -> bool:

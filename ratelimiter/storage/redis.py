@@ -5,10 +5,11 @@ bucket of the call atomically, so processes and hosts sharing the server share t
 script reads the time with ``TIME`` on the server, so application hosts with skewed clocks
 still agree.
 
-A bucket is a hash ``{u, f}`` holding its theoretical arrival time (the moment it is full
-again) as whole microseconds ``u`` plus ``f / count`` of a microsecond. Lua numbers are
-doubles, exact for integers below 2**53; keeping the fraction apart keeps every step exact
-(the policy bound ``capacity x period_us <= 2**51`` leaves the headroom). Each key expires when
+A bucket is a string ``"u:f"`` holding its theoretical arrival time (the moment it is full
+again) as whole microseconds ``u`` plus ``f / count`` of a microsecond, written with one
+``SET ... PX`` that also sets the TTL. Lua numbers are
+doubles, exact for integers below 2**53; keeping the fraction apart keeps every step exact,
+and the divisions happen in Python on unbounded integers. Each key expires when
 its bucket is full again, so a key is never kept without a TTL and a full bucket is never kept.
 The keys of one call share a ``{hash tag}``, so the script also works on Redis Cluster.
 
@@ -20,6 +21,7 @@ turns into an admit or a reject according to ``on_storage_error``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 from collections.abc import Sequence
@@ -39,9 +41,13 @@ logger = logging.getLogger(__name__)
 
 _US_PER_SECOND = 1_000_000
 
-# KEYS: one bucket key per policy. ARGV: cost, then count, period_us and capacity per policy.
-# Returns {allowed, then remaining, reset_us, retry_us per policy}; retry_us is -1 when the
-# cost exceeds the capacity, so no wait can ever admit it.
+# KEYS: one bucket key per policy. ARGV: cost, then five integers per policy: count, the cost
+# in microseconds split into whole microseconds and a remainder in 1/count units, and the
+# tolerance (capacity x period / count, the backlog a full bucket absorbs) split the same way.
+# Times are pairs {microseconds, remainder < count}, so the script only adds and compares
+# integers below 2**53 whatever the policy, and Python does the divisions with exact integers.
+# Returns {allowed, then per policy: backlog before the request, and backlog after it}, each
+# as a pair relative to the server's current time.
 ACQUIRE_SCRIPT = """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
@@ -50,55 +56,57 @@ local allowed = 1
 local buckets = {}
 
 for i = 1, #KEYS do
-  local count = tonumber(ARGV[3 * i - 1])
-  local period = tonumber(ARGV[3 * i])
-  local capacity = tonumber(ARGV[3 * i + 1])
-  local step = math.floor(period / count)
-  local step_fraction = period - step * count
+  local base = 5 * (i - 1) + 1
+  local count = tonumber(ARGV[base + 1])
+  local cost_us = tonumber(ARGV[base + 2])
+  local cost_fraction = tonumber(ARGV[base + 3])
+  local tolerance_us = tonumber(ARGV[base + 4])
+  local tolerance_fraction = tonumber(ARGV[base + 5])
 
-  local stored = redis.call('HMGET', KEYS[i], 'u', 'f')
-  local tat = tonumber(stored[1])
-  local tat_fraction = tonumber(stored[2]) or 0
+  local tat = nil
+  local tat_fraction = 0
+  local stored = redis.call('GET', KEYS[i])
+  if stored then
+    local separator = string.find(stored, ':', 1, true)
+    if separator then
+      tat = tonumber(string.sub(stored, 1, separator - 1))
+      tat_fraction = tonumber(string.sub(stored, separator + 1)) or 0
+    end
+  end
   if tat == nil or tat < now then
     tat = now
     tat_fraction = 0
   end
-  -- Backlogs are in units of 1/count microsecond, where one token lasts 'period' units.
-  local carried = tat_fraction + cost * step_fraction
-  local bucket = {
-    count = count,
-    period = period,
-    tolerance = capacity * period,
-    backlog = (tat - now) * count + tat_fraction,
-    new_tat = tat + cost * step + math.floor(carried / count),
-    new_fraction = carried % count,
-  }
-  bucket.new_backlog = (bucket.new_tat - now) * count + bucket.new_fraction
-  if bucket.new_backlog > bucket.tolerance then
+
+  local new_tat = tat + cost_us
+  local new_fraction = tat_fraction + cost_fraction
+  if new_fraction >= count then
+    new_fraction = new_fraction - count
+    new_tat = new_tat + 1
+  end
+  local new_backlog = new_tat - now
+  if new_backlog > tolerance_us
+      or (new_backlog == tolerance_us and new_fraction > tolerance_fraction) then
     allowed = 0
   end
-  buckets[i] = bucket
+  buckets[i] = {tat - now, tat_fraction, new_backlog, new_fraction, new_tat}
 end
 
 local result = {allowed}
 for i, bucket in ipairs(buckets) do
-  local backlog = bucket.backlog
-  local retry = 0
-  if allowed == 1 then
-    backlog = bucket.new_backlog
-    if cost > 0 then
-      redis.call('HSET', KEYS[i], 'u', bucket.new_tat, 'f', bucket.new_fraction)
-      -- The key expires, in whole milliseconds rounded up, when the bucket is full again.
-      redis.call('PEXPIRE', KEYS[i], math.ceil(backlog / (bucket.count * 1000)))
+  if allowed == 1 and cost > 0 then
+    -- The key expires, in whole milliseconds rounded up, when the bucket is full again.
+    local backlog_us = bucket[3]
+    if bucket[4] > 0 then
+      backlog_us = backlog_us + 1
     end
-  elseif cost * bucket.period > bucket.tolerance then
-    retry = -1
-  elseif bucket.new_backlog > bucket.tolerance then
-    retry = math.ceil((bucket.new_backlog - bucket.tolerance) / bucket.count)
+    -- '%.0f' prints every integer below 2**53 exactly; tostring() would round to 14 digits.
+    local value = string.format('%.0f:%.0f', bucket[5], bucket[4])
+    redis.call('SET', KEYS[i], value, 'PX', math.ceil(backlog_us / 1000))
   end
-  result[3 * i - 1] = math.floor((bucket.tolerance - backlog) / bucket.period)
-  result[3 * i] = math.ceil(backlog / bucket.count)
-  result[3 * i + 1] = retry
+  for j = 1, 4 do
+    result[#result + 1] = bucket[j]
+  end
 end
 return result
 """
@@ -127,7 +135,7 @@ class RedisStorage:
             self._client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
         except ValueError as error:
             raise ValueError(f"storage URL {url!r} is invalid: {error}") from None
-        self._script = self._client.register_script(ACQUIRE_SCRIPT)
+        self._sha = hashlib.sha1(ACQUIRE_SCRIPT.encode()).hexdigest()
         self._async_options = options
         self._async_client: redis.asyncio.Redis | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
@@ -137,10 +145,15 @@ class RedisStorage:
         """Take ``cost`` tokens from every bucket, or from none, in one script call."""
         keys, args = _script_input(buckets, cost)
         try:
-            reply = self._script(keys=keys, args=args)
+            try:
+                reply = self._client.evalsha(self._sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                # The server restarted or ran SCRIPT FLUSH: load the script and retry once.
+                self._sha = self._client.script_load(ACQUIRE_SCRIPT)
+                reply = self._client.evalsha(self._sha, len(keys), *keys, *args)
         except (redis.RedisError, OSError) as error:
             raise StorageError(f"Redis at {self._safe_url()} failed: {_describe(error)}") from error
-        return _parse_reply(buckets, reply)
+        return _parse_reply(buckets, cost, reply)
 
     async def acquire_async(
         self, buckets: Sequence[Bucket], cost: int
@@ -152,7 +165,7 @@ class RedisStorage:
             reply = await asyncio.wait_for(script(keys=keys, args=args), self.timeout * 2)
         except (TimeoutError, redis.RedisError, OSError) as error:
             raise StorageError(f"Redis at {self._safe_url()} failed: {_describe(error)}") from error
-        return _parse_reply(buckets, reply)
+        return _parse_reply(buckets, cost, reply)
 
     def close(self) -> None:
         """Close the synchronous pool; the asyncio pool closes with :meth:`aclose`."""
@@ -195,22 +208,42 @@ def _script_input(buckets: Sequence[Bucket], cost: int) -> tuple[list[str], list
     args = [cost]
     for key, policy in buckets:
         keys.append(f"{{{key}}}:{policy.storage_id}")
-        args.extend((policy.count, policy.period_us, policy.capacity))
+        cost_us, cost_fraction = divmod(cost * policy.period_us, policy.count)
+        tolerance_us, tolerance_fraction = divmod(policy.capacity * policy.period_us, policy.count)
+        args += (policy.count, cost_us, cost_fraction, tolerance_us, tolerance_fraction)
     return keys, args
 
 
-def _parse_reply(buckets: Sequence[Bucket], reply: list[int]) -> tuple[bool, list[BucketState]]:
+def _parse_reply(
+    buckets: Sequence[Bucket], cost: int, reply: list[int]
+) -> tuple[bool, list[BucketState]]:
+    """Turn the script's backlogs into bucket states, in units of 1/count microsecond."""
     allowed = bool(reply[0])
     states = []
     for index, (_, policy) in enumerate(buckets):
-        remaining, reset_us, retry_us = reply[3 * index + 1 : 3 * index + 4]
-        if retry_us < 0:
-            retry = math.inf
-        elif retry_us == 0:
+        backlog_us, backlog_fraction, new_us, new_fraction = reply[4 * index + 1 : 4 * index + 5]
+        count = policy.count
+        interval = policy.period_us
+        tolerance = policy.capacity * interval
+        backlog = backlog_us * count + backlog_fraction
+        new_backlog = new_us * count + new_fraction
+        units_per_second = count * _US_PER_SECOND
+
+        if allowed:
+            backlog = new_backlog
             retry = 0.0
+        elif cost * interval > tolerance:
+            retry = math.inf
+        elif new_backlog > tolerance:
+            retry = seconds_from(new_backlog - tolerance, units_per_second)
         else:
-            retry = seconds_from(retry_us, _US_PER_SECOND)
+            retry = 0.0
         states.append(
-            BucketState(policy, int(remaining), seconds_from(reset_us, _US_PER_SECOND), retry)
+            BucketState(
+                policy,
+                (tolerance - backlog) // interval,
+                seconds_from(backlog, units_per_second),
+                retry,
+            )
         )
     return allowed, states

@@ -6,7 +6,8 @@ it runs, and holds a late-acknowledged task until it ends, so without renewal su
 be delivered a second time once the visibility timeout passed. Only a consumer that stops renewing,
 because its process was killed or hangs with the GIL held, lets its leases run out.
 
-The keeper also marks consumed queues as used (x-expires) and runs the periodic maintenance.
+The keeper also ends the leases of holders whose process has exited (see :mod:`.liveness`), marks
+consumed queues as used (x-expires) and runs the periodic maintenance.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from .liveness import owner_is_dead
 from .settings import BrokerSettings
 from .store import Store
 
 logger = logging.getLogger(__name__)
 
-MAX_TICK = 5.0
+# Seconds between checks for dead lease holders, which bounds how long the messages of a
+# killed worker on this machine wait before redelivery.
+MAX_TICK = 1.0
 ERROR_LOG_EVERY = 20
 
 
@@ -48,6 +52,7 @@ class LeaseKeeper:
         )
         self._stop = threading.Event()
         self._errors = 0
+        self._renewed_at = 0.0
         self._thread = threading.Thread(
             target=self._run, name=f"sqlite-broker-keeper-{owner}", daemon=True
         )
@@ -59,7 +64,7 @@ class LeaseKeeper:
             "sqlite broker %s: lease keeper of %s started, renewing every %.1f s",
             self.settings.path,
             self.owner,
-            self.tick_interval,
+            self.settings.renew_interval,
         )
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -71,7 +76,7 @@ class LeaseKeeper:
 
     @property
     def tick_interval(self) -> float:
-        """Seconds between two rounds of renewal and maintenance checks."""
+        """Seconds between checks for dead holders; renewal and maintenance run on these ticks."""
         return min(self.settings.renew_interval, self.settings.maintenance_interval, MAX_TICK)
 
     def _run(self) -> None:
@@ -82,9 +87,13 @@ class LeaseKeeper:
     def tick(self) -> None:
         """Renew the leases, mark the queues as used and run maintenance when it is due."""
         now = time.time()
+        renewed = 0
         try:
-            renewed = self._store.renew(self.owner, now + self.settings.visibility_timeout)
-            self._store.touch_queues(list(self._consumed_queues()), now)
+            if now - self._renewed_at >= self.settings.renew_interval:
+                renewed = self._store.renew(self.owner, now + self.settings.visibility_timeout)
+                self._store.touch_queues(list(self._consumed_queues()), now)
+                self._renewed_at = now
+            release_dead_owners(self._store, now)
             if self._store.claim_maintenance(self.settings.maintenance_interval, now):
                 self._maintain(now)
         except sqlite3.Error as exc:
@@ -120,3 +129,20 @@ class LeaseKeeper:
             report.expired_fanout,
             report.freed_pages,
         )
+
+
+def release_dead_owners(store: Store, now: float) -> int:
+    """End the leases of holders on this host whose process has exited; return the count."""
+    released = 0
+    for owner in store.lease_holders(now):
+        if owner_is_dead(owner):
+            count = store.end_leases(owner)
+            released += count
+            logger.warning(
+                "sqlite broker %s: process of %s has exited; its %d unacknowledged messages "
+                "are delivered again",
+                store.path,
+                owner,
+                count,
+            )
+    return released

@@ -371,6 +371,25 @@ class Store:
         )
         return cursor.rowcount
 
+    def lease_holders(self, now: float) -> list[str]:
+        """Return the owners that hold at least one unexpired lease."""
+        rows = self.run(
+            lambda conn: conn.execute(
+                "SELECT DISTINCT owner FROM messages WHERE owner IS NOT NULL AND visible_at > ?",
+                (now,),
+            ).fetchall()
+        )
+        return [owner for (owner,) in rows]
+
+    def end_leases(self, owner: str) -> int:
+        """End every lease of ``owner`` now, so its messages are delivered again."""
+        cursor = self.run(
+            lambda conn: conn.execute(
+                "UPDATE messages SET visible_at = 0 WHERE owner = ? AND visible_at > 0", (owner,)
+            )
+        )
+        return cursor.rowcount
+
     def size(self, queue: str, now: float) -> int:
         """Return the number of ready messages in ``queue``."""
         return self.run(

@@ -21,12 +21,9 @@ Usage::
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import sqlite3
 import threading
 import time
-import uuid
 from queue import Empty
 from typing import Any
 
@@ -34,7 +31,8 @@ from kombu.transport import virtual
 from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.utils.json import dumps, loads
 
-from .keeper import LeaseKeeper
+from .keeper import LeaseKeeper, release_dead_owners
+from .liveness import new_owner
 from .settings import BrokerSettings
 from .store import Store, StoreError
 
@@ -351,7 +349,7 @@ class Transport(virtual.Transport):
         self.settings = BrokerSettings.from_options(
             client.hostname or "", client.transport_options or {}
         )
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = new_owner()
         self.consumed_queues: set[str] = set()
         self._keeper: LeaseKeeper | None = None
         self._keeper_lock = threading.Lock()
@@ -364,6 +362,7 @@ class Transport(virtual.Transport):
         )
         try:
             expired = store.initialize()
+            release_dead_owners(store, time.time())
         finally:
             store.close()
         self._log_start(expired)

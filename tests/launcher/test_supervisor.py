@@ -12,7 +12,7 @@ import pytest
 
 from launcher.supervisor import group_members
 
-from .conftest import free_port
+from .harness import free_port
 
 pytestmark = pytest.mark.skipif(not Path("/proc/1/stat").exists(), reason="needs Linux /proc")
 
@@ -33,6 +33,33 @@ print("ignoring SIGTERM", flush=True)
 time.sleep(600)
 """
 
+# A parent that stops its child itself on SIGTERM, as a Celery worker stops its pool. The
+# child reports a SIGTERM of its own, which only a signal to the whole group would send.
+POOL_CHILD = """
+import signal, sys, time
+def on_term(*_):
+    print("child got SIGTERM", flush=True)
+    sys.exit(1)
+def on_usr1(*_):
+    print("child stopped by parent", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+signal.signal(signal.SIGUSR1, on_usr1)
+print("child ready", flush=True)
+time.sleep(600)
+"""
+
+POOL = """
+import pathlib, signal, subprocess, sys, time
+child = subprocess.Popen([sys.executable, str(pathlib.Path(__file__).with_name("child.py"))])
+def on_term(*_):
+    child.send_signal(signal.SIGUSR1)
+    child.wait(timeout=10)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+time.sleep(600)
+"""
+
 FAILING = """
 import sys
 print("cannot open the database", flush=True)
@@ -41,7 +68,13 @@ sys.exit(3)
 
 
 def _write_procfile(tmp_path: Path, lines: dict[str, str]) -> Path:
-    scripts = {"worker.py": FAKE_WORKER, "stubborn.py": STUBBORN, "failing.py": FAILING}
+    scripts = {
+        "worker.py": FAKE_WORKER,
+        "stubborn.py": STUBBORN,
+        "failing.py": FAILING,
+        "pool.py": POOL,
+        "child.py": POOL_CHILD,
+    }
     for name, source in scripts.items():
         (tmp_path / name).write_text(textwrap.dedent(source))
     procfile = tmp_path / "Procfile"
@@ -95,6 +128,21 @@ def test_launcher_sigkills_process_ignoring_sigterm(tmp_path: Path, launch) -> N
     assert code == 0
     assert any("sending SIGKILL: stubborn" in line for line in run.lines)
     assert group_members(run.started_groups()["stubborn"]) == []
+
+
+def test_launcher_lets_parent_stop_its_pool(tmp_path: Path, launch) -> None:
+    procfile = _write_procfile(tmp_path, {"pool": f"{sys.executable} {tmp_path}/pool.py"})
+    run = launch(["-f", str(procfile)], {"CELERY_BROKER_URL": ""})
+    run.wait_for(r"pool\s+\| child ready", timeout=20)
+    run.wait_for(r"everything is ready", timeout=20)
+
+    run.popen.send_signal(signal.SIGINT)
+    code = run.drain(timeout=20)
+
+    assert code == 0
+    assert any("child stopped by parent" in line for line in run.lines)
+    assert not any("child got SIGTERM" in line for line in run.lines)
+    assert group_members(run.started_groups()["pool"]) == []
 
 
 def test_launcher_process_failing_at_start_stops_all(tmp_path: Path, launch) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 
 class FakeClock:
-    """A monotonic clock in integer nanoseconds that moves only when a test says so."""
+    """A monotonic clock in integer nanoseconds that moves only when a test advances it."""
 
     def __init__(self, start_ns: int = 1_000_000_000_000) -> None:
         self.now_ns = start_ns

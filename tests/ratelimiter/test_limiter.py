@@ -322,11 +322,21 @@ def test_memory_sweep_drops_full_buckets(clock: FakeClock) -> None:
     storage = MemoryStorage(clock=clock)
     limiter = RateLimiter("10/second", storage=storage)
     for index in range(1000):
-        limiter.check(f"client-{index}")
+        limiter.check(f"old-{index}")
     clock.advance(2)
-    for _ in range(1000):
-        limiter.check("busy")
-    assert len(storage) <= 2
+    for index in range(1000):
+        limiter.check(f"new-{index}")
+    assert len(storage) <= 1100
+
+
+def test_memory_sweep_keeps_limited_buckets(clock: FakeClock) -> None:
+    storage = MemoryStorage(clock=clock)
+    limiter = RateLimiter("1/hour", storage=storage)
+    for index in range(100):
+        limiter.check(f"old-{index}")
+    for index in range(1000):
+        limiter.check(f"new-{index}")
+    assert all(not limiter.check(f"old-{index}").allowed for index in range(100))
 
 
 def test_memory_cap_keeps_limited_keys(clock: FakeClock) -> None:

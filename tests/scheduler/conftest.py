@@ -108,7 +108,7 @@ def rabbit_env(tmp_path: Path, rabbitmq_url: str, unique_prefix: str) -> Iterato
 @pytest.fixture
 def embedded_env(tmp_path: Path, unique_prefix: str) -> dict[str, str]:
     """Scheduler environment on the embedded SQLite broker."""
-    broker = f"sqla+sqlite:///{tmp_path / 'broker.db'}"
+    broker = f"sqlite:///{tmp_path / 'broker.sqlite3'}"
     return scheduler_environ(tmp_path, broker, unique_prefix)
 
 

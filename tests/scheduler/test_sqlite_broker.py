@@ -22,6 +22,7 @@ from kombu.transport import TRANSPORT_ALIASES
 
 from scheduler.sqlite_broker import TRANSPORT_PATH, register
 from scheduler.sqlite_broker.keeper import LeaseKeeper
+from scheduler.sqlite_broker.liveness import HOSTNAME, owner_is_dead
 from scheduler.sqlite_broker.settings import BrokerSettings
 from scheduler.sqlite_broker.store import Store, StoreError, resolve_path
 from scheduler.sqlite_broker.transport import MessageTooLarge
@@ -403,6 +404,42 @@ def test_expired_lease_redelivers(url: str) -> None:
         message.ack()
     assert message.payload == "survives"
     assert message.delivery_info["redelivered"] is True
+
+
+def test_dead_holder_released_before_timeout(url: str) -> None:
+    with connect(url) as conn:
+        conn.SimpleQueue("lease").put("back early")
+    script = KILLED_CONSUMER.replace('"visibility_timeout": 0.5', '"visibility_timeout": 600')
+    result = subprocess.run(
+        [sys.executable, "-c", script, url], capture_output=True, timeout=30, cwd=REPO_ROOT
+    )
+    assert result.returncode == -signal.SIGKILL
+    started = time.monotonic()
+    with connect(url, visibility_timeout=600) as conn:
+        message = conn.SimpleQueue("lease").get(timeout=5)
+        message.ack()
+    assert message.payload == "back early"
+    assert time.monotonic() - started < 5
+
+
+def exited_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize(
+    ("owner", "dead"),
+    [
+        (f"{HOSTNAME}:{os.getpid()}:abc", False),
+        (f"other-host:{exited_pid()}:abc", False),
+        (f"{HOSTNAME}:{exited_pid()}:abc", True),
+        ("no-pid-here", False),
+        (f"{HOSTNAME}:0:abc", False),
+    ],
+)
+def test_owner_is_dead(owner: str, dead: bool) -> None:
+    assert owner_is_dead(owner) is dead
 
 
 def test_live_lease_renewed(url: str) -> None:
