@@ -1,9 +1,9 @@
 """The latest awareness state of every client in one session, and which connection owns it.
 
-The server keeps these states so that a newcomer receives every existing user at once (instead
-of after the clients' next 15-second awareness renewal), and so that it can announce the
-removal of a connection's states when the connection closes, exactly as y-protocols'
-``removeAwarenessStates`` followed by ``encodeAwarenessUpdate`` would.
+The server keeps these states so that a newcomer receives every existing user at once, instead
+of after the clients' next 15-second awareness renewal. It also announces the removal of a
+connection's states when the connection closes, with the bytes y-protocols'
+``removeAwarenessStates`` followed by ``encodeAwarenessUpdate`` would produce.
 
 Clock rules follow ``applyAwarenessUpdate`` of y-protocols: an entry replaces the stored one
 when its clock is higher, or when the clocks are equal and the entry is a removal. Each

@@ -68,7 +68,7 @@ class Settings:
     http_rate_limit: str = "300/minute, burst 100"
     connect_rate_limit: str = "120/minute, burst 60"
     socket_rate_limit: str = "100/second, burst 300"
-    socket_throttle_max_pending: int = 50
+    socket_flood_seconds: float = 2.0
     rate_limit_storage: str = "memory://"
     proxy_count: int = 0
 
@@ -196,8 +196,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
             "CODECOLLAB_CONNECT_RATE_LIMIT", "120/minute, burst 60", environ
         ),
         socket_rate_limit=env_str("CODECOLLAB_SOCKET_RATE_LIMIT", "100/second, burst 300", environ),
-        socket_throttle_max_pending=env_int(
-            "CODECOLLAB_SOCKET_THROTTLE_MAX_PENDING", 50, minimum=1, environ=environ
+        socket_flood_seconds=env_float(
+            "CODECOLLAB_SOCKET_FLOOD_SECONDS", 2.0, minimum=0.1, maximum=60.0, environ=environ
         ),
         rate_limit_storage=env_str(
             "CODECOLLAB_RATE_LIMIT_STORAGE",

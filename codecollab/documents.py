@@ -1,6 +1,6 @@
 """Collaborative documents: one pycrdt ``Doc`` per active session, called a room.
 
-A room holds the document, the session's live connections (presence) and awareness states.
+A room contains the document, the session's live connections (presence) and awareness states.
 ``RoomManager`` loads rooms from storage on first use, seeds new sessions, applies updates
 (size cap, persistence, relay), compacts storage and unloads rooms nobody uses.
 
@@ -94,7 +94,7 @@ class Room:
         # Row id of the last update appended to storage; compaction deletes rows up to it.
         self.last_update_id = last_update_id
         self.updates_since_compaction = 0
-        # True when memory holds changes that storage lacks (an append failed).
+        # True when memory contains changes that storage lacks (an append failed).
         self.unsaved = False
         self.compacted_at = now
         self.last_activity = now
@@ -355,7 +355,7 @@ class RoomManager:
         """Reject ``update`` when it would push the document over the cap.
 
         :return: the exact document size before the update when it had to be measured, so the
-            caller can reset its estimate; ``None`` when the estimate was far enough below the cap.
+            caller can reset its estimate. ``None`` when the estimate was far below the cap.
         """
         cap = self._settings.doc_max_bytes
         if room.size_bytes + len(update) <= cap:

@@ -1,4 +1,4 @@
-"""Who is in a session: live connections, de-duplicated by the client's per-tab id.
+"""Presence: the live connections of a session, de-duplicated by the client's per-tab id.
 
 The counter is derived from Socket.IO connections, not from awareness entries, so it is right
 as soon as a connection opens or closes. A browser tab keeps its ``clientId`` in

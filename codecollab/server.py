@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntit
 from codecollab.cluster import ClusterNode
 from codecollab.config import Settings, load_settings
 from codecollab.documents import RoomManager, RoomSettings
+from codecollab.log_setup import WSGI_LOGGER, configure_logging
 from codecollab.scale_out import (
     ClusterUnavailable,
     build_cluster,
@@ -62,6 +63,9 @@ class EditorServer:
             describe_storage(self.settings),
             "" if self.cluster is None else f", process {self.cluster.process_id} in a cluster",
         )
+        server_options: dict[str, Any] = {}
+        if self.settings.async_mode == "gevent":
+            server_options["error_log"] = logging.getLogger(WSGI_LOGGER)
         try:
             self.socketio.run(
                 self.app,
@@ -69,6 +73,7 @@ class EditorServer:
                 port=self.settings.port,
                 log_output=False,
                 allow_unsafe_werkzeug=True,
+                **server_options,
             )
         except KeyboardInterrupt:
             pass
@@ -135,7 +140,7 @@ def create_server(settings: Settings) -> EditorServer:
         ping_interval=settings.ping_interval,
         ping_timeout=settings.ping_timeout,
         # One connection's messages run one at a time, in arrival order. Concurrent handlers can
-        # reassemble a binary event with another event's attachment (python-socketio #403).
+        # pair a binary event's placeholder with another event's attachment.
         async_handlers=False,
         logger=False,
         engineio_logger=False,
@@ -177,7 +182,7 @@ def _origin_checker(settings: Settings) -> Any:
         scheme = environ.get("wsgi.url_scheme", "http")
         host = environ.get("HTTP_HOST", "")
         if settings.proxy_count > 0:
-            # Behind trusted proxies the browser sees the proxy's scheme and host.
+            # Behind trusted proxies, the page's origin is the proxy's scheme and host.
             scheme = environ.get("HTTP_X_FORWARDED_PROTO", scheme).split(",")[0].strip()
             host = environ.get("HTTP_X_FORWARDED_HOST", host).split(",")[0].strip()
         same_origin = origin == f"{scheme}://{host}"
@@ -212,10 +217,7 @@ def _register_error_handlers(app: Flask, settings: Settings) -> None:
 def main() -> None:
     """Read the settings, configure logging and serve."""
     settings = load_settings()
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level)
     try:
         server = create_server(settings)
     except (StorageError, ClusterUnavailable) as exc:

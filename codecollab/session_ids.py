@@ -2,7 +2,7 @@
 
 A session id is ``default`` (the shared session at ``/``) or 16 to 64 characters from the
 URL-safe base64 alphabet ``A-Z a-z 0-9 - _``. New ids carry 128 random bits (22 characters),
-so nobody can find a session without its link. A client id (one per browser tab) is 1 to 64
+so a session cannot be found without its link. A client id (one per browser tab) is 1 to 64
 characters of the same alphabet.
 """
 

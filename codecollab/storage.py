@@ -51,7 +51,7 @@ class StorageError(Exception):
 
 @dataclass(frozen=True)
 class StoredDocument:
-    """What the database holds for one session."""
+    """The stored state of one session."""
 
     snapshot: bytes
     # Updates appended since the snapshot, as (row id, Yjs v1 update), in insertion order.

@@ -4,13 +4,17 @@ The wire protocol is described in ``docs/protocol.md``. In short: a client conne
 ``auth = {session, clientId, name}``, the server sends its sync step 1, every stored awareness
 state and the room's presence, and from then on ``sync`` and ``awareness`` carry binary
 y-protocols messages both ways. Each client ``sync`` message is acknowledged with
-``{"ok": true}`` only after the server applied and stored it, or with ``{"ok": false, "error":
-code, "message": text}``; the same failure also arrives as an ``error`` event.
+``{"ok": true}`` only after the server applied and stored it. A failure is acknowledged with
+``{"ok": false, "error": code, "message": text}`` and also arrives as an ``error`` event.
 
-Messages are rate-limited per connection. Over the limit, ``sync`` messages wait for a token
-(so no edit is dropped) and ``awareness`` messages are dropped (the next one supersedes them).
-A connection with too many messages waiting is disconnected; on reconnecting, the sync
-handshake sends everything the server lacks.
+Messages are rate-limited per connection. Over the limit, a message waits for a token, so no
+edit is dropped.
+A connection that keeps hitting its limit for ``CODECOLLAB_SOCKET_FLOOD_SECONDS`` (with no
+second-long pause) is disconnected. On reconnecting, the sync handshake sends everything the
+server lacks.
+
+Handlers of one connection run one at a time, in arrival order, so a waiting message also
+holds back that connection's later messages, and only that connection's.
 """
 
 from __future__ import annotations
@@ -43,9 +47,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# A throttled message re-checks its rate limit at most this many times before the connection
-# is treated as a flooder and disconnected.
-MAX_THROTTLE_WAITS = 20
+# A run of rate-limited messages ends after this many seconds without one.
+FLOOD_PAUSE = 1.0
 # Seconds between two rate_limited error events to the same connection.
 RATE_LIMIT_NOTICE_INTERVAL = 1.0
 # Errors of one connection logged at WARNING before the rest go to DEBUG.
@@ -61,8 +64,9 @@ class Connection:
     client_id: str
     ip: str
     room: Room
-    # Messages currently waiting for a rate-limit token.
-    throttled: int = 0
+    # Start of the current run of rate-limited messages (monotonic seconds), and the last one.
+    limited_since: float | None = None
+    last_limited: float = 0.0
     last_limit_notice: float = 0.0
     errors: int = 0
     closed: bool = False
@@ -215,7 +219,7 @@ class EditorTransport:
         if connection is None:
             return _failure(EditorError("Not connected to a session"))
         try:
-            self._admit(connection, drop_when_limited=False)
+            self._admit(connection)
             message = self._decode(data, decode_sync_message)
             if message.type is SyncMessageType.STEP1:
                 missing = connection.room.update_since(message.payload)
@@ -240,7 +244,7 @@ class EditorTransport:
         if connection is None:
             return _failure(EditorError("Not connected to a session"))
         try:
-            self._admit(connection, drop_when_limited=True)
+            self._admit(connection)
             if isinstance(data, bytes) and len(data) > self._settings.awareness_max_bytes:
                 raise MessageTooLarge(
                     f"The awareness update has {len(data):,} bytes; the limit is "
@@ -289,32 +293,33 @@ class EditorTransport:
 
     # Rate limiting
 
-    def _admit(self, connection: Connection, *, drop_when_limited: bool) -> None:
+    def _admit(self, connection: Connection) -> None:
         """Return once the connection may send one more message.
 
-        :raises RateLimited: when the message is dropped or the connection was disconnected.
+        Over the limit, the handler sleeps until a token is free. Handlers of one connection
+        run one at a time, so this also stops reading that connection's socket: a flooder
+        fills its own TCP buffer instead of the server's CPU. A connection whose messages keep
+        being limited for ``socket_flood_seconds``, with no pause of ``FLOOD_PAUSE`` seconds,
+        is disconnected.
+
+        :raises RateLimited: when the connection was disconnected.
         """
         decision = self._limits.messages.check(connection.sid)
-        if decision.allowed:
-            return
-        self._notify_limited(connection, decision.retry_after)
-        if drop_when_limited:
-            raise RateLimited("Too many messages; this awareness update was dropped")
-        if connection.throttled >= self._settings.socket_throttle_max_pending:
-            self._disconnect_flooder(connection)
+        while not decision.allowed:
+            self._note_limited(connection)
+            self._notify_limited(connection, decision.retry_after)
+            self._socketio.sleep(max(decision.retry_after, 0.001))
+            if connection.closed:
+                raise RateLimited("Disconnected for sending too many messages")
+            decision = self._limits.messages.check(connection.sid)
 
-        connection.throttled += 1
-        try:
-            for _ in range(MAX_THROTTLE_WAITS):
-                self._socketio.sleep(max(decision.retry_after, 0.001))
-                if connection.closed:
-                    raise RateLimited("Disconnected for sending too many messages")
-                decision = self._limits.messages.check(connection.sid)
-                if decision.allowed:
-                    return
-        finally:
-            connection.throttled -= 1
-        self._disconnect_flooder(connection)
+    def _note_limited(self, connection: Connection) -> None:
+        now = time.monotonic()
+        if connection.limited_since is None or now - connection.last_limited > FLOOD_PAUSE:
+            connection.limited_since = now
+        connection.last_limited = now
+        if now - connection.limited_since > self._settings.socket_flood_seconds:
+            self._disconnect_flooder(connection)
 
     def _notify_limited(self, connection: Connection, retry_after: float) -> None:
         now = time.monotonic()
@@ -358,7 +363,12 @@ class EditorTransport:
                 },
             )
             connection.closed = True
+            # Closing the Socket.IO session leaves the Engine.IO connection open, and a flooder
+            # that ignores the DISCONNECT packet would keep the server reading its messages.
+            eio_sid = self._socketio.server.manager.eio_sid_from_sid(connection.sid, "/")
             disconnect(connection.sid)
+            if eio_sid is not None:
+                self._socketio.server.eio.disconnect(eio_sid)
         raise RateLimited("Disconnected for sending too many messages")
 
     # Errors

@@ -1,9 +1,9 @@
 """Encoding and strict decoding of the y-protocols messages carried by Socket.IO events.
 
 The ``sync`` event carries one y-protocols sync message as ``y-protocols/sync`` writes it:
-``varUint(type)`` then ``varUint8Array(payload)``, where type 0 is step 1 (the payload is a
-state vector), 1 is step 2 and 2 is an update (the payload is a Yjs v1 update). There is no
-leading message-type byte: the event name already says it is a sync message.
+``varUint(type)`` then ``varUint8Array(payload)``. Type 0 is step 1, whose payload is a state
+vector. Types 1 (step 2) and 2 (update) carry a Yjs v1 update. There is no leading message-type
+byte, because the event name already marks a sync message.
 
 The ``awareness`` event carries ``encodeAwarenessUpdate`` output of ``y-protocols/awareness``:
 ``varUint(n)`` then n times ``varUint(clientID) varUint(clock) varString(JSON state)``, where a

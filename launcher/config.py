@@ -99,7 +99,7 @@ def load_config(procfile: Path | None = None) -> LauncherConfig:
         ),
         Endpoint(
             process="flower",
-            label="Flower (Celery monitor)",
+            label="Flower, the Celery monitor",
             host=env_str("FLOWER_ADDRESS", "127.0.0.1"),
             port=env_int("FLOWER_PORT", 5555, minimum=1, maximum=65535),
             port_variable="FLOWER_PORT",

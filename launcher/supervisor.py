@@ -253,9 +253,11 @@ class Supervisor:
 
     def _report_exit(self, managed: ManagedProcess, during_start: bool) -> None:
         code = managed.popen.returncode
-        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+        outcome = (
+            f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+        )
         when = "while starting" if during_start else "unexpectedly"
-        self._out.note(f"{managed.spec.name} {how} {when}; stopping every process")
+        self._out.note(f"{managed.spec.name} {outcome} {when}; stopping every process")
         if managed.reader is not None:
             managed.reader.join(timeout=2.0)
         if managed.tail:
@@ -265,10 +267,10 @@ class Supervisor:
 
     def _print_banner(self) -> None:
         self._out.note("everything is ready:")
-        for managed in self._processes:
-            if managed.endpoint is not None:
-                label = f"{managed.endpoint.label}:"
-                self._out.note(f"  {label:<26} {managed.endpoint.page_url}")
+        endpoints = [m.endpoint for m in self._processes if m.endpoint is not None]
+        width = max((len(e.label) for e in endpoints), default=0) + 1
+        for endpoint in endpoints:
+            self._out.note(f"  {endpoint.label + ':':<{width}} {endpoint.page_url}")
         self._out.note("press Ctrl-C to stop every process")
 
     # Stop
@@ -324,12 +326,13 @@ class Supervisor:
             time.sleep(0.1)
 
     def _shutdown(self) -> None:
-        tops = self._signal_tops(signal.SIGTERM)
-        if tops:
-            names = ", ".join(m.spec.name for m in self._processes if m.pgid in tops)
+        running = [m.spec.name for m in self._processes if group_alive(m.pgid)]
+        if running:
             self._out.note(
-                f"stopping {names} (SIGTERM, SIGKILL after {self._config.stop_timeout:g} s)"
+                f"stopping {', '.join(running)} "
+                f"(SIGTERM, SIGKILL after {self._config.stop_timeout:g} s)"
             )
+        tops = self._signal_tops(signal.SIGTERM)
         alive = self._wait_for_groups(self._config.stop_timeout, tops)
         if alive:
             self._out.note(

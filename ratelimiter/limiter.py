@@ -106,6 +106,7 @@ class RateLimiter:
         # itertools.count increments atomically under the GIL, without a lock.
         self._counts = {kind: itertools.count() for kind in _EVENT_KINDS}
         self._allowed_count = self._counts["allowed"]
+        self._limited_count = self._counts["limited"]
         self._counter_lock = threading.Lock()
         self._storage_failing = False
         self._failed_checks = 0
@@ -141,14 +142,21 @@ class RateLimiter:
                 )
             except StorageError as error:
                 return self._storage_error_decision(key, cost, error)
-            if allowed and not self._storage_failing:
+            if self._storage_failing or self.dry_run:
+                state = BucketState(single, remaining, reset_after, retry_after)
+                return self._decide(key, cost, allowed, [state])
+            if allowed:
                 next(self._allowed_count)
                 decision = Decision(True, remaining, 0.0, reset_after, single, key, cost)
                 if self.on_event is not None:
                     self._emit("allowed", decision)
                 return decision
-            state = BucketState(single, remaining, reset_after, retry_after)
-            return self._decide(key, cost, allowed, [state])
+            next(self._limited_count)
+            decision = Decision(False, remaining, retry_after, reset_after, single, key, cost, True)
+            self._log_rejection(decision)
+            if self.on_event is not None:
+                self._emit("limited", decision)
+            return decision
         return self.check_buckets(self.buckets(key), key, cost)
 
     async def check_async(self, key: str, cost: int = 1) -> Decision:
@@ -255,18 +263,22 @@ class RateLimiter:
             states=tuple(states),
         )
         kind: EventKind = "dry_run" if self.dry_run else "limited"
+        self._log_rejection(decision)
+        self._count(kind, decision)
+        return decision
+
+    def _log_rejection(self, decision: Decision) -> None:
+        """Log a rejection (or a dry-run hit), at most one line per interval with a count."""
         suppressed = self._reject_log.ready()
         if suppressed is not None:
             logger.info(
                 "%s key=%s policy=%s retry_after=%.3fs (%d more since the last such line)",
-                "dry run: would reject" if self.dry_run else "rejected",
-                key,
-                deciding.policy,
-                deciding.retry_after,
+                "dry run: would reject" if decision.dry_run else "rejected",
+                decision.key,
+                decision.policy,
+                decision.retry_after,
                 suppressed,
             )
-        self._count(kind, decision)
-        return decision
 
     def _storage_error_decision(self, key: str, cost: int, error: StorageError) -> Decision:
         allow = self.on_storage_error == "allow"

@@ -5,8 +5,8 @@ whether an id exists. Workers move the row through the states and write progress
 errors. Every write bumps ``seq``, a store-wide counter, so the event stream can ask for
 "everything changed since N" without comparing clocks across processes.
 
-Each process and thread opens its own connection (SQLite connections must not cross a fork).
-WAL mode lets readers run while a worker writes.
+Connections are pooled per process (SQLite connections must not cross a fork). WAL mode
+lets readers run while a worker writes.
 
 WAL needs every process on one host, so producers and workers on several machines use
 :class:`scheduler.pgtaskstore.PostgresTaskStore` (``SCHEDULER_TASK_DB_URL``) instead.
@@ -17,9 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -155,25 +158,52 @@ class TaskStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        with self._connect() as conn:
+        self._pool: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._pool_pid = os.getpid()
+        # SQLite allows one writer at a time, and a writer that finds the database locked
+        # sleeps in steps of up to 100 ms. Queueing this process's writers on a lock first
+        # keeps threads of one process from ever hitting that back-off among themselves.
+        self._write_lock = threading.Lock()
+        with self._connection() as conn:
             conn.executescript(_SCHEMA)
 
-    def _connect(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
-            return conn
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        self._local.conn = conn
-        self._local.pid = os.getpid()
         return conn
 
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """Lend a pooled connection to one thread for one operation.
+
+        Threads of the HTTP server come and go with each request, so a connection per thread
+        would be opened (and its pragmas run) on every request. A forked child gets a fresh
+        pool, because SQLite connections must not cross a fork.
+        """
+        if self._pool_pid != os.getpid():
+            self._pool = queue.LifoQueue()
+            self._write_lock = threading.Lock()
+            self._pool_pid = os.getpid()
+        try:
+            conn = self._pool.get_nowait()
+        except queue.Empty:
+            conn = self._open()
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._pool.put(conn)
+
     def _write(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
-        conn = self._connect()
-        return conn.execute(sql, params).fetchall()
+        with self._connection() as conn, self._write_lock:
+            return conn.execute(sql, params).fetchall()
+
+    def _read(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+        with self._connection() as conn:
+            return conn.execute(sql, params).fetchall()
 
     # Producer side.
 
@@ -193,7 +223,19 @@ class TaskStore:
         :raises IdempotencyConflict: when the key belongs to a task of another kind.
         """
         now = time.time()
-        conn = self._connect()
+        with self._connection() as conn, self._write_lock:
+            return self._insert(conn, now, task_id, kind, params, run_at, idempotency_key)
+
+    def _insert(
+        self,
+        conn: sqlite3.Connection,
+        now: float,
+        task_id: str,
+        kind: str,
+        params: dict[str, Any],
+        run_at: float | None,
+        idempotency_key: str | None,
+    ) -> tuple[TaskRecord, bool]:
         conn.execute("BEGIN IMMEDIATE")
         try:
             if idempotency_key is not None:
@@ -311,12 +353,10 @@ class TaskStore:
 
     def cancel_requested(self, task_id: str) -> bool:
         """Return whether a running task was asked to stop."""
-        row = (
-            self._connect()
-            .execute("SELECT cancel_requested, state FROM tasks WHERE id = ?", (task_id,))
-            .fetchone()
-        )
-        return row is None or bool(row["cancel_requested"]) or row["state"] == CANCELLED
+        rows = self._read("SELECT cancel_requested, state FROM tasks WHERE id = ?", (task_id,))
+        if not rows:
+            return True
+        return bool(rows[0]["cancel_requested"]) or rows[0]["state"] == CANCELLED
 
     def finish(
         self,
@@ -376,61 +416,46 @@ class TaskStore:
 
     def get(self, task_id: str) -> TaskRecord | None:
         """Return the task, or ``None`` when the id is unknown or still being submitted."""
-        row = (
-            self._connect()
-            .execute("SELECT * FROM tasks WHERE id = ? AND state != ?", (task_id, SUBMITTING))
-            .fetchone()
-        )
-        return _record(row) if row else None
+        rows = self._read("SELECT * FROM tasks WHERE id = ? AND state != ?", (task_id, SUBMITTING))
+        return _record(rows[0]) if rows else None
 
     def page(self, page: int, per_page: int) -> tuple[list[TaskRecord], int]:
         """Return one page of tasks, newest first, and the total count."""
-        conn = self._connect()
-        total = conn.execute(
-            "SELECT COUNT(*) FROM tasks WHERE state != ?", (SUBMITTING,)
-        ).fetchone()[0]
-        rows = conn.execute(
+        total = self._read("SELECT COUNT(*) FROM tasks WHERE state != ?", (SUBMITTING,))[0][0]
+        rows = self._read(
             "SELECT * FROM tasks WHERE state != ? ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
             (SUBMITTING, per_page, (page - 1) * per_page),
-        ).fetchall()
+        )
         return [_record(row) for row in rows], total
 
     def changed_since(self, seq: int, limit: int = 500) -> list[TaskRecord]:
         """Return tasks whose last change has a ``seq`` above ``seq``, oldest change first."""
-        rows = (
-            self._connect()
-            .execute(
-                "SELECT * FROM tasks WHERE seq > ? AND state != ? ORDER BY seq LIMIT ?",
-                (seq, SUBMITTING, limit),
-            )
-            .fetchall()
+        rows = self._read(
+            "SELECT * FROM tasks WHERE seq > ? AND state != ? ORDER BY seq LIMIT ?",
+            (seq, SUBMITTING, limit),
         )
         return [_record(row) for row in rows]
 
     def last_seq(self) -> int:
         """Return the ``seq`` of the latest change."""
-        return self._connect().execute("SELECT COALESCE(MAX(seq), 0) FROM tasks").fetchone()[0]
+        return self._read("SELECT COALESCE(MAX(seq), 0) FROM tasks", ())[0][0]
+
+    def count(self, state: str) -> int:
+        """Return how many tasks are in ``state``."""
+        return self._read("SELECT COUNT(*) FROM tasks WHERE state = ?", (state,))[0][0]
 
     def between(self, since: float | None, until: float | None) -> list[TaskRecord]:
         """Return tasks created in ``[since, until)``; ``None`` leaves that end open."""
-        rows = (
-            self._connect()
-            .execute(
-                "SELECT * FROM tasks WHERE state != ? AND created_at >= ? AND created_at < ?"
-                " ORDER BY created_at",
-                (SUBMITTING, since if since is not None else 0.0, until or float("inf")),
-            )
-            .fetchall()
+        rows = self._read(
+            "SELECT * FROM tasks WHERE state != ? AND created_at >= ? AND created_at < ?"
+            " ORDER BY created_at",
+            (SUBMITTING, since if since is not None else 0.0, until or float("inf")),
         )
         return [_record(row) for row in rows]
 
     def finished_before(self, cutoff: float) -> list[TaskRecord]:
         """Return finished tasks older than ``cutoff`` whose outputs may be deleted."""
-        rows = (
-            self._connect()
-            .execute(
-                "SELECT * FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ?", (cutoff,)
-            )
-            .fetchall()
+        rows = self._read(
+            "SELECT * FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ?", (cutoff,)
         )
         return [_record(row) for row in rows]

@@ -187,8 +187,8 @@ def _transcode_upload(
         )
     except media.TranscodeCancelled:
         shutil.rmtree(scratch, ignore_errors=True)
-        media_store.delete_upload(upload)
         store.finish(task_id, CANCELLED, message="cancelled while transcoding")
+        _discard_upload(task_id, upload)
         logger.info("task %s cancelled while transcoding", task_id)
         return {"cancelled": True}
     except BaseException:
@@ -196,7 +196,6 @@ def _transcode_upload(
         raise
 
     media_store.publish_outputs(task_id, scratch)
-    media_store.delete_upload(upload)
     result = {
         "files": file_entries(task_id, [output.video, *output.thumbnails]),
         "source": info.to_json(),
@@ -209,10 +208,21 @@ def _transcode_upload(
         },
     }
     store.finish(task_id, SUCCEEDED, message="done", result=result)
+    # The upload goes only after the success is recorded: a worker lost in between leaves a
+    # redelivery that start() skips, instead of one that fails on a missing upload.
+    _discard_upload(task_id, upload)
     logger.info(
         "task %s: wrote %s and %d thumbnails", task_id, output.video, len(output.thumbnails)
     )
     return result
+
+
+def _discard_upload(task_id: str, upload: str) -> None:
+    """Delete the upload of a finished task; a failure is logged, and cleanup retries it."""
+    try:
+        media_store.delete_upload(upload)
+    except mediastore.MediaStoreError as exc:
+        logger.error("task %s: could not delete its upload %s: %s", task_id, upload, exc)
 
 
 @celery_app.task(

@@ -1,14 +1,12 @@
 // Bundles src/main.js into ../static/dist/app.js, with each language grammar in its own chunk
 // under ../static/dist/chunks/. `node build.mjs --watch` rebuilds on change.
-import { rmSync } from 'node:fs'
+import { readdirSync, rmSync } from 'node:fs'
+import path from 'node:path'
 
 import * as esbuild from 'esbuild'
 
 const watch = process.argv.includes('--watch')
 const outdir = '../static/dist'
-
-// Chunk names carry content hashes, so stale chunks of earlier builds would pile up.
-rmSync(outdir, { recursive: true, force: true })
 
 const options = {
   entryPoints: { app: 'src/main.js' },
@@ -22,11 +20,27 @@ const options = {
   sourcemap: true,
   legalComments: 'linked',
   logLevel: 'info',
+  metafile: true,
+}
+
+/**
+ * Deletes chunks that the latest build did not write, because chunk names carry content hashes
+ * and stale ones would pile up. Deleting after the build, not before, keeps the page of a
+ * running server loadable while the build runs.
+ */
+function removeStaleChunks(metafile) {
+  const written = new Set(Object.keys(metafile.outputs).map((file) => path.resolve(file)))
+  const chunkDir = path.join(outdir, 'chunks')
+  for (const name of readdirSync(chunkDir)) {
+    const file = path.resolve(chunkDir, name)
+    if (!written.has(file)) rmSync(file)
+  }
 }
 
 if (watch) {
   const context = await esbuild.context(options)
   await context.watch()
 } else {
-  await esbuild.build(options)
+  const result = await esbuild.build(options)
+  removeStaleChunks(result.metafile)
 }

@@ -45,7 +45,7 @@ def _missing(session_id: str) -> JsonResponse:
 
 @api.get("/healthz")
 def healthz() -> JsonResponse:
-    """Report whether the service and its storage answer."""
+    """Report whether the service and its storage respond."""
     try:
         _store().exists(DEFAULT_SESSION)
     except StorageError as exc:

@@ -27,7 +27,7 @@ def default_session() -> str:
 
 @pages.get("/s/<session_id>")
 def session(session_id: str) -> str | tuple[str, int]:
-    """Open session ``session_id``, or answer 404 when the id is invalid."""
+    """Open session ``session_id``, or return the 404 page when the id is invalid."""
     problem = session_id_problem(session_id)
     if problem is not None:
         return not_found_page(session_id, f"There is no session here: {problem}.")
@@ -53,7 +53,7 @@ def not_found_page(session_id: str | None, message: str) -> tuple[str, int]:
 
 
 def page_not_found(_error: Exception) -> tuple[str, int] | tuple[dict[str, str], int]:
-    """Answer unknown paths: JSON under ``/api/``, the 404 page elsewhere."""
+    """Return 404 for unknown paths: JSON under ``/api/``, the 404 page elsewhere."""
     if request.path.startswith("/api/"):
         return {"error": f"{request.path} does not exist; see docs/protocol.md for the API"}, 404
     return not_found_page(None, f"The page {request.path} does not exist.")

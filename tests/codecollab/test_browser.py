@@ -321,6 +321,33 @@ def test_counter_two_then_one(open_tab, session_url):
     assert elapsed < TAB_CLOSE_TIMEOUT_MS / 1000
 
 
+def test_reloads_count_once(open_tab, session_url):
+    viewer = open_tab(session_url)
+    reloader = open_tab(session_url)
+    viewer.wait_for_function(
+        "document.getElementById('user-count').textContent === '2'", timeout=READY_TIMEOUT_MS
+    )
+    viewer.evaluate(
+        """() => {
+            const counter = document.getElementById('user-count')
+            window.maxCount = Number(counter.textContent)
+            new MutationObserver(() => {
+                window.maxCount = Math.max(window.maxCount, Number(counter.textContent))
+            }).observe(counter, { childList: true, characterData: true, subtree: true })
+        }"""
+    )
+
+    for _ in range(5):
+        reloader.reload()
+    reloader.wait_for_selector("#editor[data-ready='true']", timeout=READY_TIMEOUT_MS)
+    viewer.wait_for_function(
+        "document.getElementById('user-count').textContent === '2'", timeout=2_000
+    )
+
+    assert viewer.evaluate("window.maxCount") == 2
+    assert viewer.locator("#avatars > li").count() == 2
+
+
 def test_name_shown_as_text(open_tab, session_url):
     hostile = '<img src=x onerror="window.injected=1">'
     viewer = open_tab(session_url, name="Viewer")
@@ -364,13 +391,14 @@ def test_toolbar_actions(open_tab, session_url):
     downloaded = Path(download.path()).read_text(encoding="utf-8")
 
     page.click("#new-session")
-    page.wait_for_url(re.compile(r".*/s/[A-Za-z0-9_-]{22}$"), timeout=READY_TIMEOUT_MS)
+    page.wait_for_url(lambda url: url != session_url, timeout=READY_TIMEOUT_MS)
     page.wait_for_selector("#editor[data-ready='true']", timeout=READY_TIMEOUT_MS)
 
     assert copied == session_url
     assert download.suggested_filename == f"{session_id}.go"
     assert downloaded == text
-    assert session_id not in page.url
+    assert page.url != session_url
+    assert re.fullmatch(r".*/s/[A-Za-z0-9_-]{22}", page.url), page.url
 
 
 def test_theme_remembered(open_tab, session_url):

@@ -40,12 +40,14 @@ class YClient:
         client_id: str | None = None,
         name: str = "tester",
         headers: dict[str, str] | None = None,
+        transport: str = "websocket",
     ) -> None:
         self.url = url
         self.session = session
         self.client_id = client_id or secrets.token_hex(8)
         self.name = name
         self.headers = headers or {}
+        self.transport = transport
         self.doc = Doc(allow_multithreading=True)
         self.text = self.doc.get("content", type=Text)
         self.meta = self.doc.get("meta", type=Map)
@@ -73,7 +75,10 @@ class YClient:
     def _new_socket(self) -> socketio.Client:
         # A fresh client per connection, as the browser's decoder is reset on reconnect: a
         # binary event cut in half by a disconnect must not leak into the next connection.
-        sio = socketio.Client(reconnection=False)
+        # websocket-client sends its own Origin unless suppressed, and a second Origin header
+        # would be merged with the one a test sets.
+        extra = {"suppress_origin": True} if "Origin" in self.headers else {}
+        sio = socketio.Client(reconnection=False, websocket_extra_options=extra)
         _dispatch_in_order(sio)
         sio.on("sync", self._on_sync)
         sio.on("presence", self._on_presence)
@@ -95,7 +100,7 @@ class YClient:
             self.url,
             auth={"session": self.session, "clientId": self.client_id, "name": self.name},
             headers=self.headers,
-            transports=["websocket"],
+            transports=[self.transport],
             wait_timeout=timeout,
         )
         with self.lock:
@@ -225,7 +230,7 @@ class YClient:
         self.awareness.append(data)
 
     def _on_disconnect(self, *_reason: Any) -> None:
-        # Acks of a closed connection never arrive; as in the browser, whatever the server
+        # Acks of a closed connection never arrive. As in the browser, whatever the server
         # lacks goes out again in the step 2 of the next handshake.
         with self.lock:
             self.online = False
@@ -247,8 +252,9 @@ def _dispatch_in_order(client: socketio.Client) -> None:
     """Make the client handle messages one at a time, in arrival order.
 
     python-engineio's client starts a thread per received message, so the placeholder packet of
-    a binary event and its attachment can be reassembled out of order (python-socketio issues
-    #403 and #436). A browser handles messages in order, and so must the test client.
+    a binary event and its attachment can be reassembled out of order, which python-socketio
+    then reports as "Unexpected binary attachment". A browser handles messages in order, and so
+    must the test client.
     """
     trigger = client.eio._trigger_event
 

@@ -224,9 +224,9 @@ def start_worker() -> Iterator[Callable[..., WorkerProcess]]:
         wait: bool = True,
     ) -> WorkerProcess:
         names = queues or [env["SCHEDULER_VIDEO_QUEUE"], env["SCHEDULER_IO_QUEUE"]]
-        # Node names must be unique on the shared RabbitMQ: two workers with the same name
-        # collide on their exclusive ``<name>.celery.pidbox`` queue and the second one exits.
-        unique = f"{name}-{len(workers)}-{uuid.uuid4().hex[:6]}"
+        # Node names are global on the broker (each worker declares an exclusive
+        # "<name>.celery.pidbox" queue), so they must be unique across concurrent test runs.
+        unique = f"{name}-{len(workers)}-{uuid.uuid4().hex[:8]}"
         worker = WorkerProcess(env, names, unique, pool)
         workers.append(worker)
         if wait:
