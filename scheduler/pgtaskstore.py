@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from scheduler.config import Settings
@@ -111,17 +113,20 @@ class _Connection:
 class PostgresTaskStore(TaskStore):
     """The task store in a PostgreSQL database shared by every producer and worker.
 
-    Each thread of each process opens its own connection on first use, as the SQLite store
-    does. A child process never uses its parent's connection, and psycopg does not close a
+    Connections are pooled per process, as in the SQLite store. A forked child starts with an
+    empty pool and never uses its parent's connections, and psycopg does not close a
     connection from a process other than the one that opened it, so the store is safe across
-    ``fork``.
+    ``fork``. A connection found closed (after a server restart, say) is dropped, not reused.
     """
 
     def __init__(self, url: str) -> None:
         import psycopg
 
         self.url = url
-        self._local = threading.local()
+        self._pool: queue.LifoQueue[_Connection] = queue.LifoQueue()
+        self._pool_pid = os.getpid()
+        # Threads of one process queue here before they wait on the advisory lock.
+        self._write_lock = threading.Lock()
         # The schema gets a connection of its own, closed at once, so a Celery worker that
         # builds the store before forking keeps no idle connection in the parent.
         with psycopg.connect(url) as raw, raw.transaction():
@@ -130,31 +135,44 @@ class PostgresTaskStore(TaskStore):
                 raw.execute(statement)
         logger.info("task store: PostgreSQL at %s", _redact(url))
 
-    def _connect(self) -> _Connection:  # type: ignore[override]
-        connection: _Connection | None = getattr(self._local, "conn", None)
-        same_process = getattr(self._local, "pid", None) == os.getpid()
-        if connection is not None and same_process and not connection.closed:
-            return connection
+    def _open(self) -> _Connection:  # type: ignore[override]
         import psycopg
 
-        raw = psycopg.connect(self.url, autocommit=True, row_factory=_row_factory)
-        connection = _Connection(raw)
-        self._local.conn = connection
-        self._local.pid = os.getpid()
-        return connection
+        return _Connection(psycopg.connect(self.url, autocommit=True, row_factory=_row_factory))
+
+    @contextmanager
+    def _connection(self) -> Iterator[_Connection]:  # type: ignore[override]
+        if self._pool_pid != os.getpid():
+            self._pool = queue.LifoQueue()
+            self._write_lock = threading.Lock()
+            self._pool_pid = os.getpid()
+        connection = None
+        while connection is None:
+            try:
+                candidate = self._pool.get_nowait()
+            except queue.Empty:
+                candidate = self._open()
+            if not candidate.closed:
+                connection = candidate
+        try:
+            yield connection
+        finally:
+            if not connection.closed and connection.in_transaction:
+                connection.execute("ROLLBACK")
+            if not connection.closed:
+                self._pool.put(connection)
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> list[Any]:  # type: ignore[override]
-        connection = self._connect()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        with self._connection() as connection, self._write_lock:
+            connection.execute("BEGIN IMMEDIATE")
             cursor = connection.execute(sql, params)
             rows = cursor.fetchall() if cursor.description is not None else []
             connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
-        return rows
+            return rows
+
+    def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:  # type: ignore[override]
+        with self._connection() as connection:
+            return connection.execute(sql, params).fetchall()
 
 
 def _redact(url: str) -> str:
