@@ -69,7 +69,7 @@ def free_port() -> int:
 
 
 def start_editor(extra_env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Start one editor process and wait until it answers; return it and its URL."""
+    """Start one editor process and wait until it responds; return it and its URL."""
     port = free_port()
     env = {
         **os.environ,
@@ -97,7 +97,7 @@ def start_editor(extra_env: dict[str, str], log_path: Path) -> tuple[subprocess.
         except OSError:
             time.sleep(0.1)
     process.kill()
-    raise RuntimeError(f"editor did not answer within {START_TIMEOUT} s; see {log_path}")
+    raise RuntimeError(f"editor did not respond within {START_TIMEOUT} s; see {log_path}")
 
 
 def stop_editor(process: subprocess.Popen[bytes]) -> None:
@@ -332,7 +332,8 @@ def print_table(measurements: list[Measurement], args: argparse.Namespace) -> No
     rows = {d: [m for m in measurements if m.deployment == d] for d in DEPLOYMENTS}
     print(
         f"\n{args.peers} peers, typist at {args.rate:g} edits/s for {args.seconds:g} s, "
-        f"{args.rounds} rounds (median of rounds)\n"
+        f"{args.rounds} rounds (median of rounds), 1-minute load average at the end "
+        f"{os.getloadavg()[0]:.1f}\n"
     )
     print("| deployment | p50 ms | p95 ms | p99 ms | max ms | samples | missing |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -369,6 +370,8 @@ def machine_description() -> dict[str, str]:
         "cores": str(os.cpu_count()),
         "python": platform.python_version(),
         "os": platform.platform(),
+        # Other work on the machine inflates tail latencies; the 1-minute load is recorded.
+        "load_average_1min_at_end": f"{os.getloadavg()[0]:.1f}",
     }
 
 

@@ -65,7 +65,7 @@ class Target:
 
 def make_targets(folder: Path, names: list[str]) -> list[Target]:
     spool = folder / "filesystem"
-    spool.mkdir()
+    spool.mkdir(parents=True)
     all_targets = [
         Target("sqlite (synchronous=FULL, default)", f"sqlite:///{folder / 'full.sqlite3'}", {}),
         Target(
@@ -247,10 +247,15 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="sqlite-broker-bench-") as folder:
-        for target in make_targets(Path(folder), args.only):
-            print(f"running {target.name} ...", file=sys.stderr)
+        names = [target.name for target in make_targets(Path(folder) / "names", args.only)]
+        for index, name in enumerate(names):
+            print(f"running {name} ...", file=sys.stderr)
             crashes = 0
-            for _ in range(ATTEMPTS):
+            for attempt in range(ATTEMPTS):
+                # Fresh files per attempt, so a crashed run leaves no backlog behind.
+                attempt_folder = Path(folder) / f"{index}-{attempt}"
+                attempt_folder.mkdir()
+                target = make_targets(attempt_folder, args.only)[index]
                 try:
                     per_second, _, _ = run_phase(target, args.messages, None, 0.01)
                     _, latencies, idle_cpu = run_phase(
@@ -261,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                     crashes += 1
                     print(f"{target.name}: consumer crashed ({exc}); retrying", file=sys.stderr)
             else:
-                rows.append((target.name, float("nan"), 0, 0, 0, 0, crashes))
+                rows.append((name, float("nan"), 0, 0, 0, 0, crashes))
                 continue
             rows.append(
                 (

@@ -42,12 +42,14 @@ from socketio.packet import Packet
 from codecollab.cluster_presence import ClusterPresence
 from codecollab.documents import Room, RoomManager
 from codecollab.presence import Participant
+from codecollab.storage import StorageError
 from codecollab.transport import room_name
 from codecollab.yprotocol import (
     ProtocolError,
     SyncMessageType,
     decode_awareness_update,
     decode_sync_message,
+    encode_sync_message,
 )
 
 logger = logging.getLogger(__name__)
@@ -208,6 +210,17 @@ class ClusterNode:
         """Id of this process in the message queue and in presence keys."""
         return self._manager.host_id
 
+    def start_listening(self) -> None:
+        """Start receiving from the message queue now, not at the first Socket.IO connection.
+
+        python-socketio starts its queue listener when the first client connects, but a room
+        loaded for an HTTP request must receive the other processes' updates too.
+        """
+        server = self._socketio.server
+        if not server.manager_initialized:
+            server.manager_initialized = True
+            self._manager.initialize()
+
     # Presence
 
     def joined(self, session_id: str, participant: Participant) -> None:
@@ -272,6 +285,34 @@ class ClusterNode:
 
     # Documents
 
+    def resync_forever(self, interval: float) -> None:
+        """Recover stored updates that the message queue lost, every ``interval`` seconds."""
+        while not self._stopping:
+            self._socketio.sleep(interval)
+            for session_id in self._rooms.loaded_session_ids():
+                room = self._rooms.loaded(session_id)
+                if room is None:
+                    continue
+                try:
+                    update = self._rooms.refresh_from_storage(room)
+                except StorageError as exc:
+                    logger.error("session %s: resync from storage failed: %s", session_id, exc)
+                    continue
+                if update is None:
+                    continue
+                logger.warning(
+                    "session %s: recovered %d bytes of updates that the message queue did not "
+                    "deliver",
+                    session_id,
+                    len(update),
+                )
+                self._socketio.emit(
+                    "sync",
+                    encode_sync_message(SyncMessageType.UPDATE, update),
+                    to=room_name(session_id),
+                    ignore_queue=True,
+                )
+
     def _apply_remote_update(self, session_id: str, update: bytes) -> None:
         if not self._rooms.apply_remote_update(session_id, update):
             self._pending.add(session_id, update)
@@ -301,6 +342,6 @@ class ClusterNode:
             logger.warning("session %s: undecodable awareness relayed: %s", session_id, exc)
             return
         with room.lock:
-            # NOTE: the registry keeps the set of awareness ids each remote connection sent
-            # until the room is unloaded; the states themselves go with the removal update.
+            # NOTE: the registry keeps the awareness ids each remote connection sent until the
+            # room is unloaded. The states themselves go with the removal update.
             room.awareness.apply(entries, origin or "remote")

@@ -76,9 +76,11 @@ class Settings:
     database_url: str = ""
     database_schema: str = "public"
     database_pool_size: int = 4
+    database_synchronous_commit: str = "off"
     message_queue: str = ""
     cluster_channel: str = "codecollab"
     cluster_heartbeat: float = 2.0
+    cluster_resync_interval: float = 30.0
 
     @property
     def uses_postgres(self) -> bool:
@@ -209,6 +211,17 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
     )
 
 
+def _read_synchronous_commit(environ: Mapping[str, str] | None) -> str:
+    value = env_str("CODECOLLAB_DATABASE_SYNCHRONOUS_COMMIT", "off", environ).lower()
+    if value not in ("off", "on"):
+        raise ConfigError(
+            f"CODECOLLAB_DATABASE_SYNCHRONOUS_COMMIT={value!r} is not valid; use off (an "
+            "acknowledged edit survives a killed editor) or on (it also survives a PostgreSQL "
+            "crash, at the cost of a disk flush per edit)"
+        )
+    return value
+
+
 def _read_scale_out(environ: Mapping[str, str] | None) -> dict[str, object]:
     """Read the settings of several editor processes sharing PostgreSQL and Redis."""
     database_url = env_str("CODECOLLAB_DATABASE_URL", "", environ)
@@ -250,6 +263,7 @@ def _read_scale_out(environ: Mapping[str, str] | None) -> dict[str, object]:
     return {
         "database_url": database_url,
         "database_schema": schema,
+        "database_synchronous_commit": _read_synchronous_commit(environ),
         "database_pool_size": env_int(
             "CODECOLLAB_DATABASE_POOL_SIZE", 4, minimum=1, maximum=100, environ=environ
         ),
@@ -257,5 +271,8 @@ def _read_scale_out(environ: Mapping[str, str] | None) -> dict[str, object]:
         "cluster_channel": channel,
         "cluster_heartbeat": env_float(
             "CODECOLLAB_CLUSTER_HEARTBEAT", 2.0, minimum=0.1, maximum=60.0, environ=environ
+        ),
+        "cluster_resync_interval": env_float(
+            "CODECOLLAB_CLUSTER_RESYNC_INTERVAL", 30.0, minimum=0.1, environ=environ
         ),
     }

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from pycrdt import Doc, Map, Text, TransactionEvent
+from pycrdt import Doc, Map, Text, TransactionEvent, merge_updates
 
 from codecollab.awareness import AwarenessRegistry
 from codecollab.errors import (
@@ -150,7 +150,7 @@ class RoomManager:
         self._rooms: dict[str, Room] = {}
         self._lock = threading.Lock()
         self.on_update: UpdateListener | None = None
-        # Called with each room just loaded from storage, before anyone can use it; several
+        # Called with each room just loaded from storage, before anyone can use it. Several
         # processes use it to apply updates that were relayed but not yet stored.
         self.on_load: Callable[[Room], None] | None = None
 
@@ -209,6 +209,11 @@ class RoomManager:
         """Return the room of ``session_id`` if it is in memory."""
         with self._lock:
             return self._rooms.get(session_id)
+
+    def loaded_session_ids(self) -> list[str]:
+        """Return the ids of the sessions in memory."""
+        with self._lock:
+            return list(self._rooms)
 
     def loaded_count(self) -> int:
         """Return the number of rooms in memory."""
@@ -286,8 +291,8 @@ class RoomManager:
 
         The update is relayed before it is stored, and this method returns only once it is
         stored, so a caller that acknowledges after it returns acknowledges only stored edits.
-        Updates are stored in any order relative to how they were applied; compaction stays
-        correct because a row is written only after its update is in memory.
+        Updates may be stored in another order than they were applied. Compaction stays correct
+        because a row is written only after its update is in memory.
 
         :param origin: the Socket.IO sid of the sender, which the relay skips; ``None`` for
             edits made by the server.
@@ -410,6 +415,41 @@ class RoomManager:
             room.size_bytes += len(update)
         return True
 
+    def refresh_from_storage(self, room: Room) -> bytes | None:
+        """Apply whatever storage holds that the room lacks, and return it as one update.
+
+        Several processes use it to recover updates that another process stored but whose
+        relay never arrived (Redis pub/sub delivers at most once, so a dropped connection to
+        the message queue loses messages).
+
+        :return: the update that changed the room, for its local clients, or ``None`` when
+            the room already held everything stored.
+        :raises StorageError: when the load fails.
+        """
+        stored = self._store.load(room.session_id)
+        if stored is None:
+            return None
+        merged = Doc()
+        merged.apply_update(stored.snapshot)
+        for _update_id, update in stored.updates:
+            try:
+                merged.apply_update(update)
+            except ValueError:
+                continue  # logged when the room was loaded
+
+        changes: list[bytes] = []
+        with room.lock:
+            missing = merged.get_update(room.doc.get_state())
+            subscription = room.doc.observe(lambda event: changes.append(event.update))
+            try:
+                room.doc.apply_update(missing)
+            finally:
+                room.doc.unobserve(subscription)
+            if not changes:
+                return None
+            room.size_bytes = len(room.doc.get_update())
+        return changes[0] if len(changes) == 1 else merge_updates(*changes)
+
     def _relay(self, room: Room, update: bytes, origin: str | None) -> None:
         if self.on_update is None:
             return
@@ -430,8 +470,8 @@ class RoomManager:
                 "next compacts this session"
             ) from exc
         with room.lock:
-            # Concurrent appends may finish out of order; compaction deletes rows up to the
-            # highest id, and every row up to it holds an update already in memory.
+            # Concurrent appends may finish out of order. Compaction deletes rows up to the
+            # highest id, and every row up to it contains an update already in memory.
             room.last_update_id = max(room.last_update_id, update_id)
             room.updates_since_compaction += 1
 

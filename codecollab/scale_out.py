@@ -27,7 +27,7 @@ REDIS_TIMEOUT_SECONDS = 5.0
 
 
 class ClusterUnavailable(Exception):
-    """The Redis server of the message queue does not answer at start-up."""
+    """The Redis server of the message queue does not respond at start-up."""
 
 
 def open_store(settings: Settings) -> DocumentStore | PostgresDocumentStore:
@@ -37,7 +37,10 @@ def open_store(settings: Settings) -> DocumentStore | PostgresDocumentStore:
     """
     if settings.uses_postgres:
         return PostgresDocumentStore(
-            settings.database_url, settings.database_schema, settings.database_pool_size
+            settings.database_url,
+            settings.database_schema,
+            settings.database_pool_size,
+            synchronous_commit=settings.database_synchronous_commit,
         )
     return DocumentStore(settings.database_path, settings.sqlite_synchronous)
 
@@ -59,7 +62,7 @@ def socketio_cluster_options(settings: Settings) -> dict[str, Any]:
 def build_cluster(settings: Settings, socketio: SocketIO, rooms: RoomManager) -> ClusterNode | None:
     """Wire this process into the cluster when a message queue is configured.
 
-    :raises ClusterUnavailable: when Redis does not answer.
+    :raises ClusterUnavailable: when Redis does not respond.
     """
     if not settings.message_queue:
         return None
@@ -75,7 +78,7 @@ def build_cluster(settings: Settings, socketio: SocketIO, rooms: RoomManager) ->
         client.ping()
     except redis.RedisError as exc:
         raise ClusterUnavailable(
-            f"the message queue at {_redis_address(settings.message_queue)} does not answer "
+            f"the message queue at {_redis_address(settings.message_queue)} does not respond "
             f"({exc}); start Redis or fix CODECOLLAB_MESSAGE_QUEUE"
         ) from exc
     presence = ClusterPresence(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,7 +55,11 @@ class EditorServer:
         self._install_signal_handlers()
         self.socketio.start_background_task(self._sweep_forever)
         if self.cluster is not None:
+            self.cluster.start_listening()
             self.socketio.start_background_task(self.cluster.beat_forever)
+            self.socketio.start_background_task(
+                self.cluster.resync_forever, self.settings.cluster_resync_interval
+            )
         logger.info(
             "CodeCollab listening on http://%s:%d (async mode %s, database %s%s)",
             self.settings.host,
@@ -63,22 +68,45 @@ class EditorServer:
             describe_storage(self.settings),
             "" if self.cluster is None else f", process {self.cluster.process_id} in a cluster",
         )
-        server_options: dict[str, Any] = {}
-        if self.settings.async_mode == "gevent":
-            server_options["error_log"] = logging.getLogger(WSGI_LOGGER)
         try:
-            self.socketio.run(
-                self.app,
-                host=self.settings.host,
-                port=self.settings.port,
-                log_output=False,
-                allow_unsafe_werkzeug=True,
-                **server_options,
-            )
+            if self.settings.async_mode == "gevent":
+                self._serve_gevent()
+            else:
+                # eventlet's own WSGI server, or Werkzeug's for threading (meant for development).
+                self.socketio.run(
+                    self.app,
+                    host=self.settings.host,
+                    port=self.settings.port,
+                    log_output=False,
+                    allow_unsafe_werkzeug=True,
+                )
         except KeyboardInterrupt:
             pass
         finally:
             self.shutdown()
+
+    def _serve_gevent(self) -> None:
+        # socketio.run() would build the same server, but without TCP_NODELAY: a binary event
+        # is two small WebSocket frames, and Nagle's algorithm holds the second one back until
+        # the client's delayed ACK, adding up to 40 ms to every relayed edit.
+        from gevent import pywsgi
+        from geventwebsocket.handler import WebSocketHandler
+
+        class NoDelayHandler(WebSocketHandler):
+            def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                super().__init__(sock, address, server, rfile)
+
+        # NOTE: gevent-websocket reads a whole frame before Engine.IO compares it with
+        # max_http_buffer_size, so one huge frame is buffered in memory before it is rejected.
+        self.socketio.wsgi_server = pywsgi.WSGIServer(
+            (self.settings.host, self.settings.port),
+            self.app,
+            handler_class=NoDelayHandler,
+            log=None,
+            error_log=logging.getLogger(WSGI_LOGGER),
+        )
+        self.socketio.wsgi_server.serve_forever()
 
     def shutdown(self) -> None:
         """Stop the sweeper, compact every loaded session and close storage."""

@@ -22,9 +22,13 @@ Loading reads the snapshot and the updates in one ``REPEATABLE READ`` transactio
 compaction that commits in between cannot make a load see the new snapshot without the rows,
 or the deleted rows without the old snapshot.
 
-Durability: ``append_update`` returns after PostgreSQL has committed the row (with the
-server's ``synchronous_commit``, ``on`` by default, the commit is also flushed to disk), so an
-acknowledged update survives the editor process being killed.
+Durability: ``append_update`` returns after PostgreSQL has committed the row, so an
+acknowledged update survives the editor process being killed. ``synchronous_commit`` decides
+whether the commit also waits for PostgreSQL's write-ahead log to reach the disk. With ``off``
+(the default here, like the SQLite store's ``synchronous=NORMAL``), a crash of the PostgreSQL
+server itself can lose the commits of its last few hundred milliseconds (up to three times
+its ``wal_writer_delay``, 200 ms by default). With ``on``, every append waits for a disk flush,
+and a connection's next update waits for it.
 
 Connections come from a ``psycopg_pool.ConnectionPool``. psycopg 3 cooperates with gevent's
 monkey-patching (since 3.1.14), so a query does not block the other greenlets; it does not
@@ -50,6 +54,7 @@ logger = logging.getLogger(__name__)
 # Any constant works; it keeps two processes from creating the tables at the same moment.
 SCHEMA_LOCK_KEY = 0x636F6463  # "codc"
 CONNECT_TIMEOUT_SECONDS = 5
+SYNCHRONOUS_COMMIT_MODES = ("off", "on")
 POOL_TIMEOUT_SECONDS = 10.0
 
 SCHEMA = """
@@ -83,6 +88,8 @@ class PostgresDocumentStore:
     :param pool_size: maximum number of connections this process opens.
     :param timeout: seconds to wait for the first connection at start-up, and for a free
         connection of the pool later.
+    :param synchronous_commit: PostgreSQL's ``synchronous_commit`` for this store's sessions:
+        ``off`` or ``on`` (see the module docstring).
     :raises StorageError: when the database cannot be reached or the tables cannot be created.
     """
 
@@ -92,7 +99,13 @@ class PostgresDocumentStore:
         schema: str = "public",
         pool_size: int = 4,
         timeout: float = POOL_TIMEOUT_SECONDS,
+        synchronous_commit: str = "off",
     ) -> None:
+        if synchronous_commit not in SYNCHRONOUS_COMMIT_MODES:
+            raise ValueError(
+                f"synchronous_commit={synchronous_commit!r}; use one of "
+                f"{', '.join(SYNCHRONOUS_COMMIT_MODES)}"
+            )
         self.schema = schema
         self._display = _without_password(url)
         self._pool = ConnectionPool(
@@ -101,6 +114,9 @@ class PostgresDocumentStore:
             max_size=pool_size,
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_SECONDS},
             timeout=timeout,
+            configure=lambda conn: conn.execute(
+                sql.SQL("SET synchronous_commit = {}").format(sql.Literal(synchronous_commit))
+            ),
             name="codecollab",
             open=False,
         )

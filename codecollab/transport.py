@@ -20,6 +20,7 @@ holds back that connection's later messages, and only that connection's.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# Joins, leaves and renames within this many seconds share one presence event per session.
+PRESENCE_DELAY = 0.1
 # A run of rate-limited messages ends after this many seconds without one.
 FLOOD_PAUSE = 1.0
 # Seconds between two rate_limited error events to the same connection.
@@ -102,6 +105,9 @@ class EditorTransport:
         self._settings = settings
         self._cluster = cluster
         self._connections: dict[str, Connection] = {}
+        # Sessions with a presence event scheduled, guarded by the lock.
+        self._presence_pending: set[str] = set()
+        self._presence_lock = threading.Lock()
 
         rooms.on_update = self._relay_update
         socketio.on_event("connect", self.on_connect)
@@ -154,7 +160,8 @@ class EditorTransport:
         if self._cluster is not None:
             self._cluster.joined(session_id, participant)
         else:
-            self._socketio.emit("presence", presence, to=room_name(session_id))
+            emit("presence", presence)
+            self._schedule_presence(room)
         logger.info(
             "client connected: session=%s sid=%s client=%s ip=%s users=%d",
             session_id,
@@ -181,7 +188,7 @@ class EditorTransport:
         if self._cluster is not None:
             self._cluster.left(connection.session_id, sid)
         else:
-            self._socketio.emit("presence", presence, to=target, skip_sid=sid)
+            self._schedule_presence(room)
         logger.info(
             "client disconnected: session=%s sid=%s client=%s reason=%s users=%d",
             connection.session_id,
@@ -271,8 +278,28 @@ class EditorTransport:
         if self._cluster is not None and renamed is not None:
             self._cluster.renamed(connection.session_id, renamed)
         elif presence is not None:
-            self._socketio.emit("presence", presence, to=target)
+            self._schedule_presence(room)
         return {"ok": True}
+
+    def _schedule_presence(self, room: Room) -> None:
+        """Send the room's presence to all its connections ``PRESENCE_DELAY`` seconds from now.
+
+        Changes within the delay share one event, so a crowd joining at once costs a few
+        room-wide events instead of one per join, each listing every user.
+        """
+        with self._presence_lock:
+            if room.session_id in self._presence_pending:
+                return
+            self._presence_pending.add(room.session_id)
+        self._socketio.start_background_task(self._emit_presence_later, room)
+
+    def _emit_presence_later(self, room: Room) -> None:
+        self._socketio.sleep(PRESENCE_DELAY)
+        with self._presence_lock:
+            self._presence_pending.discard(room.session_id)
+        with room.lock:
+            presence = room.presence.snapshot()
+        self._socketio.emit("presence", presence, to=room_name(room.session_id))
 
     def _update_user(self, room: Room, sid: str, state: object) -> bool:
         # y-codemirror.next reads the user's name and colour from awareness `user`; the

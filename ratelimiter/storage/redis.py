@@ -14,8 +14,10 @@ its bucket is full again, so a key is never kept without a TTL and a full bucket
 The keys of one call share a ``{hash tag}``, so the script also works on Redis Cluster.
 
 Every call has a deadline: socket connect and read timeouts of ``timeout`` seconds (default
-0.1) and no client-side retries. Failures raise :class:`StorageError`, which the limiter
-turns into an admit or a reject according to ``on_storage_error``.
+0.1) and no client-side retries. After a connection failure or timeout, calls fail at once for
+``failure_backoff`` seconds (default 0.5) instead of each waiting for Redis again. Failures
+raise :class:`StorageError`, which the limiter turns into an admit or a reject according to
+``on_storage_error``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import asyncio
 import hashlib
 import logging
 import math
+import time
 from collections.abc import Sequence
 
 import redis
@@ -120,11 +123,25 @@ class RedisStorage:
     :param timeout: seconds each call may take to connect and to read the reply (default 0.1).
     :param max_connections: connections per pool (default 50 per process; the asyncio pool is
         separate).
+    :param failure_backoff: seconds after a connection failure or timeout during which calls
+        fail at once instead of trying Redis (default 0.5; 0 turns this off). While Redis
+        hangs, this spares each request the full ``timeout``; after the backoff the next call
+        tries Redis again.
     """
 
-    def __init__(self, url: str, timeout: float = 0.1, max_connections: int = 50) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 0.1,
+        max_connections: int = 50,
+        failure_backoff: float = 0.5,
+    ) -> None:
+        if failure_backoff < 0:
+            raise ValueError(f"failure_backoff={failure_backoff!r} is negative; use seconds >= 0")
         self.url = url
         self.timeout = timeout
+        self.failure_backoff = failure_backoff
+        self._retry_at = 0.0
         options = {
             "socket_timeout": timeout,
             "socket_connect_timeout": timeout,
@@ -143,6 +160,7 @@ class RedisStorage:
 
     def acquire(self, buckets: Sequence[Bucket], cost: int) -> tuple[bool, list[BucketState]]:
         """Take ``cost`` tokens from every bucket, or from none, in one script call."""
+        self._check_backoff()
         keys, args = _script_input(buckets, cost)
         try:
             try:
@@ -152,20 +170,37 @@ class RedisStorage:
                 self._sha = self._client.script_load(ACQUIRE_SCRIPT)
                 reply = self._client.evalsha(self._sha, len(keys), *keys, *args)
         except (redis.RedisError, OSError) as error:
-            raise StorageError(f"Redis at {self._safe_url()} failed: {_describe(error)}") from error
+            raise self._failure(error) from error
+        self._retry_at = 0.0
         return _parse_reply(buckets, cost, reply)
 
     async def acquire_async(
         self, buckets: Sequence[Bucket], cost: int
     ) -> tuple[bool, list[BucketState]]:
         """The same as ``acquire`` on the asyncio client, so the event loop never blocks."""
+        self._check_backoff()
         keys, args = _script_input(buckets, cost)
         script = self._script_for_loop()
         try:
             reply = await asyncio.wait_for(script(keys=keys, args=args), self.timeout * 2)
         except (TimeoutError, redis.RedisError, OSError) as error:
-            raise StorageError(f"Redis at {self._safe_url()} failed: {_describe(error)}") from error
+            raise self._failure(error) from error
+        self._retry_at = 0.0
         return _parse_reply(buckets, cost, reply)
+
+    def _check_backoff(self) -> None:
+        """Raise StorageError without a network call while the failure backoff lasts."""
+        if self._retry_at and time.monotonic() < self._retry_at:
+            raise StorageError(
+                f"Redis at {self._safe_url()} failed recently; skipping it until the "
+                f"{self.failure_backoff} s backoff ends"
+            )
+
+    def _failure(self, error: BaseException) -> StorageError:
+        """Start the backoff after a connection failure or timeout, and wrap the error."""
+        if isinstance(error, TimeoutError | OSError | redis.ConnectionError | redis.TimeoutError):
+            self._retry_at = time.monotonic() + self.failure_backoff
+        return StorageError(f"Redis at {self._safe_url()} failed: {_describe(error)}")
 
     def close(self) -> None:
         """Close the synchronous pool; the asyncio pool closes with :meth:`aclose`."""

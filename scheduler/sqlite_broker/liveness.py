@@ -3,8 +3,8 @@
 A lease owner token is ``<hostname>:<pid>:<random>``. When the host is this one and no process
 has that pid (or it is a zombie awaiting its parent's wait()), the holder is dead and its leases
 can end before the visibility timeout. Any other case, including a pid reused by an unrelated
-process, falls back to the timeout, so the check never ends a live holder's lease early, except
-for processes in another pid namespace that share the host name and the database file.
+process, falls back to the timeout. So the check never ends a live holder's lease early, unless
+processes in another pid namespace share the host name and the database file.
 """
 
 from __future__ import annotations

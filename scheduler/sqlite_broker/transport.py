@@ -24,6 +24,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import deque
 from queue import Empty
 from typing import Any
 
@@ -34,9 +35,12 @@ from kombu.utils.json import dumps, loads
 from .keeper import LeaseKeeper, release_dead_owners
 from .liveness import new_owner
 from .settings import BrokerSettings
-from .store import Store, StoreError
+from .store import Claim, Store, StoreError
 
 logger = logging.getLogger(__name__)
+
+# Maximum number of messages that one claim statement leases to a consumer with room for more.
+MAX_CLAIM_BATCH = 16
 
 # Paths whose start-up was already logged at INFO level by this process. Celery opens several
 # connections per worker, and one line per file is enough for an operator.
@@ -82,6 +86,8 @@ class Channel(virtual.Channel):
         )
         # delivery tag -> (row id, queue) of each message leased through this channel
         self._claims: dict[str, tuple[int, str]] = {}
+        # queue -> messages claimed in a batch and not delivered yet
+        self._prefetched: dict[str, deque[Claim]] = {}
         # queue -> fanout exchange it is bound to, and the id of the last broadcast read
         self._fanout_queues: dict[str, str] = {}
         self._fanout_cursors: dict[str, int] = {}
@@ -150,9 +156,23 @@ class Channel(virtual.Channel):
                 raise Empty()
             return loads(payload)
 
-        claim = self.store.claim(queue, self.owner, now + self.settings.visibility_timeout, now)
-        if claim is None:
-            raise Empty()
+        prefetched = self._prefetched.get(queue)
+        if prefetched:
+            claim = prefetched.popleft()
+        else:
+            claims = self.store.claim(
+                queue,
+                self.owner,
+                now + self.settings.visibility_timeout,
+                now,
+                self._claim_limit(queue),
+            )
+            if not claims:
+                raise Empty()
+            claim = claims[0]
+            if len(claims) > 1:
+                self._prefetched[queue] = deque(claims[1:])
+            self.connection.start_keeper()
         message = loads(claim.payload)
         properties = message["properties"]
         if claim.deliveries > 1:
@@ -168,8 +188,22 @@ class Channel(virtual.Channel):
                 claim.previous_owner,
             )
         self._claims[properties["delivery_tag"]] = (claim.row_id, queue)
-        self.connection.start_keeper()
         return message
+
+    def _claim_limit(self, queue: str) -> int:
+        # A consumer with room for several unacked messages claims them in one statement;
+        # the surplus waits in _prefetched, leased to this connection, until delivered.
+        if queue not in self._active_queues:
+            return 1
+        room = self.qos.can_consume_max_estimate()
+        return MAX_CLAIM_BATCH if room is None else max(1, min(room, MAX_CLAIM_BATCH))
+
+    def _release_prefetched(self, queue: str | None = None) -> None:
+        queues = list(self._prefetched) if queue is None else [queue]
+        for name in queues:
+            claims = self._prefetched.pop(name, None)
+            if claims:
+                self.store.release_many([claim.row_id for claim in claims], self.owner)
 
     def basic_consume(
         self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any
@@ -186,6 +220,7 @@ class Channel(virtual.Channel):
         result = super().basic_cancel(consumer_tag)
         if queue is not None and queue not in self._active_queues:
             self.connection.consumed_queues.discard(queue)
+            self._release_prefetched(queue)
         return result
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
@@ -314,8 +349,10 @@ class Channel(virtual.Channel):
         return self.exchange_types[type_]
 
     def close(self) -> None:
-        # The base class releases the unacked messages through _restore before closing.
+        # The base class cancels the consumers, which releases prefetched messages, and
+        # releases the unacked messages through _restore.
         super().close()
+        self._release_prefetched()
         self.store.close()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import signal
 import threading
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -263,3 +264,23 @@ def test_kill_loses_no_acknowledged_update(cluster: Cluster) -> None:
     for token in tokens:
         assert text.count(token) == 1, token
     assert reloaded == text
+
+
+def test_http_edit_reaches_other_process(cluster: Cluster) -> None:
+    """A process that only served HTTP requests still receives the other's updates."""
+    first, second = cluster(2)
+    session = new_session()
+    put_text(first, session, "before\n")
+    assert second.get_text(session) == "before\n"
+
+    put_text(first, session, "after\n")
+
+    wait_until(lambda: second.get_text(session) == "after\n", 5, "second process sees the PUT")
+
+
+def put_text(process: EditorProcess, session: str, text: str) -> None:
+    request = urllib.request.Request(
+        f"{process.url}/api/sessions/{session}/text", data=text.encode(), method="PUT"
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200

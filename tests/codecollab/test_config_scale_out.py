@@ -43,6 +43,7 @@ def test_postgres_and_queue_accepted() -> None:
         ),
         ({"CODECOLLAB_MESSAGE_QUEUE": "redis://127.0.0.1:6379/0"}, "must share storage"),
         ({"CODECOLLAB_CLUSTER_CHANNEL": "two words"}, "CODECOLLAB_CLUSTER_CHANNEL"),
+        ({"CODECOLLAB_DATABASE_SYNCHRONOUS_COMMIT": "local"}, "use off"),
         ({"CODECOLLAB_CLUSTER_HEARTBEAT": "0"}, "CODECOLLAB_CLUSTER_HEARTBEAT"),
         (
             {"CODECOLLAB_DATABASE_URL": POSTGRES, "CODECOLLAB_ASYNC_MODE": "eventlet"},

@@ -159,3 +159,14 @@ def test_password_masked_in_errors() -> None:
             "postgresql://postgres:hunter2@127.0.0.1:1/test", pool_size=1, timeout=0.5
         )
     assert "hunter2" not in str(raised.value)
+
+
+@pytest.mark.parametrize("mode", ["off", "on"])
+def test_synchronous_commit_applied(postgres_url: str, schema: str, mode: str) -> None:
+    opened = PostgresDocumentStore(postgres_url, schema, pool_size=1, synchronous_commit=mode)
+    try:
+        with opened._pool.connection() as conn:
+            row = conn.execute("SHOW synchronous_commit").fetchone()
+    finally:
+        opened.close()
+    assert row == (mode,)

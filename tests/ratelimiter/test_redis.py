@@ -17,7 +17,7 @@ import pytest
 import redis
 from flask import Flask
 
-from ratelimiter import Policy, RateLimiter
+from ratelimiter import Policy, RateLimiter, StorageError
 from ratelimiter.asgi import RateLimitMiddleware
 from ratelimiter.flask import Limiter
 from ratelimiter.storage.redis import RedisStorage
@@ -343,12 +343,12 @@ def test_outage_logged_once_and_recovery(
     port = redis.Redis.from_url(redis_url).connection_pool.connection_kwargs["port"]
     proxy = ToggleProxy(port)
     try:
-        limiter = RateLimiter(
-            "100/minute", storage=f"redis://127.0.0.1:{proxy.port}/0", key_prefix=unique_prefix
-        )
+        storage = RedisStorage(f"redis://127.0.0.1:{proxy.port}/0", failure_backoff=0.2)
+        limiter = RateLimiter("100/minute", storage=storage, key_prefix=unique_prefix)
         with caplog.at_level(logging.INFO, logger="ratelimiter"):
             failures = [limiter.check("client").storage_error for _ in range(5)]
             proxy.start()
+            time.sleep(0.3)
             recovered = [limiter.check("client").storage_error for _ in range(5)]
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
         recoveries = [r for r in caplog.records if "recovered" in r.getMessage()]
@@ -360,6 +360,24 @@ def test_outage_logged_once_and_recovery(
         limiter.close()
     finally:
         proxy.close()
+
+
+def test_outage_backoff_fails_fast(silent_listener: int) -> None:
+    storage = RedisStorage(f"redis://127.0.0.1:{silent_listener}/0", failure_backoff=5.0)
+    limiter = RateLimiter("1/minute", storage=storage)
+    first, _ = timed_check(limiter)
+    later = [timed_check(limiter)[0] for _ in range(5)]
+    assert first >= 0.09
+    assert max(later) < 0.05
+
+
+def test_outage_backoff_retries_after(closed_port: int) -> None:
+    storage = RedisStorage(f"redis://127.0.0.1:{closed_port}/0", failure_backoff=0.1)
+    limiter = RateLimiter("1/minute", storage=storage)
+    limiter.check("client")
+    time.sleep(0.15)
+    with pytest.raises(StorageError, match="failed: ConnectionError"):
+        storage.acquire(limiter.buckets("client"), 1)
 
 
 def test_redis_invalid_url() -> None:

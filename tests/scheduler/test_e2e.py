@@ -108,3 +108,27 @@ def test_failed_task_dead_lettered(rabbit_env, start_worker, clip_path: Path) ->
         time.sleep(0.1)
     assert [letter.task_id for letter in letters] == [task_id]
     assert letters[0].reason == "rejected"
+
+
+def test_cleanup_removes_old_outputs(rabbit_env, start_worker, clip_path: Path) -> None:
+    from scheduler.celery_app import CLEANUP_OUTPUTS, make_celery
+    from scheduler.taskstore import TaskStore
+
+    env = {**rabbit_env, "OUTPUT_RETENTION_DAYS": "1"}
+    settings, _, client = make_client(env)
+    start_worker(env)
+    task_id = upload(client, clip_path, height="120", thumbnails="1").get_json()["task_id"]
+    wait_for_state(client, task_id, {"succeeded"})
+    store = TaskStore(settings.task_db)
+    two_days_ago = time.time() - 2 * 86400
+    store._write("UPDATE tasks SET finished_at = ? WHERE id = ?", (two_days_ago, task_id))
+
+    make_celery(settings).send_task(CLEANUP_OUTPUTS)
+    deadline = time.monotonic() + 30
+    while (settings.media_root / task_id).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not (settings.media_root / task_id).exists()
+    task = client.get(f"/tasks/{task_id}").get_json()
+    assert task["result"]["files"] == []
+    assert task["result"]["expired"] is True
+    assert client.get(f"/files/{task_id}/video.mp4").status_code == 404

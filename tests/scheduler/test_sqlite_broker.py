@@ -205,6 +205,7 @@ def test_reject_deletes_row(url: str, db_path: Path) -> None:
 def test_requeue_redelivers_at_once(url: str) -> None:
     with connect(url, visibility_timeout=60) as conn:
         queue = conn.SimpleQueue("requeue")
+        queue.consumer.qos(prefetch_count=1)
         queue.put("first")
         queue.put("second")
         queue.get(timeout=2).requeue()
@@ -243,6 +244,24 @@ def test_close_releases_unacked(url: str) -> None:
     assert message.payload == "x"
 
 
+def test_close_releases_prefetched(url: str) -> None:
+    first = connect(url, visibility_timeout=60)
+    queue = first.SimpleQueue("batch")
+    queue.consumer.qos(prefetch_count=10)
+    for n in range(5):
+        queue.put(n)
+    queue.get(timeout=2)  # claims all five in one statement, delivers one
+    first.release()
+    with connect(url) as second:
+        other = second.SimpleQueue("batch")
+        received = []
+        for _ in range(5):
+            message = other.get(timeout=1)
+            received.append(message.payload)
+            message.ack()
+    assert sorted(received) == [0, 1, 2, 3, 4]
+
+
 def test_message_too_large(url: str, db_path: Path) -> None:
     with connect(url, max_message_size=10_000) as conn:
         queue = conn.SimpleQueue("large")
@@ -278,6 +297,7 @@ def test_queue_message_ttl(url: str) -> None:
 def test_queue_declare_counts_ready(url: str) -> None:
     with connect(url) as conn:
         queue = conn.SimpleQueue("count")
+        queue.consumer.qos(prefetch_count=1)
         for n in range(3):
             queue.put(n)
         queue.get(timeout=1)
@@ -288,6 +308,7 @@ def test_queue_declare_counts_ready(url: str) -> None:
 def test_purge_keeps_claimed(url: str, db_path: Path) -> None:
     with connect(url) as conn:
         queue = conn.SimpleQueue("purge")
+        queue.consumer.qos(prefetch_count=1)
         for n in range(3):
             queue.put(n)
         queue.get(timeout=1)

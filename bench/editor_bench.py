@@ -1,0 +1,404 @@
+"""Editor benchmark: CodeCollab against @y/websocket-server 0.1.1, side by side in one run.
+
+Run from the repository root after ``npm ci`` in ``bench/editor``::
+
+    .venv/bin/python bench/editor_bench.py            # the full run, about 5 minutes
+    .venv/bin/python bench/editor_bench.py --quick    # 10 and 100 clients only
+
+For each client count N (10, 100, 500), each server starts fresh on a free loopback port. N
+Node.js clients (``bench/editor/load.mjs``, the same Yjs code for both servers) join one
+session, and client 0 appends 20 characters per second for 10 seconds. The clients record the
+delay from each keystroke to its arrival at every other client. This script samples the server
+process from ``/proc``: CPU time during the typing window and resident memory before the clients
+connect and once they are synced. Then 1,000 idle clients measure memory per connection, and
+newcomers to a 1 MB document measure connect-to-synced time.
+
+The peer server keeps documents in memory only. CodeCollab also commits every update to SQLite
+before acknowledging it, so its figures include that work. Results go to stdout as a Markdown
+table and to ``bench/results/editor-<UTC time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOAD_DIR = REPO_ROOT / "bench" / "editor"
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+PEER_SERVER = LOAD_DIR / "node_modules" / "@y" / "websocket-server" / "src" / "server.js"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+# Rate limits far above what the benchmark sends: every client shares 127.0.0.1.
+CODECOLLAB_ENV = {
+    "CODECOLLAB_HTTP_RATE_LIMIT": "1000000/minute, burst 100000",
+    "CODECOLLAB_CONNECT_RATE_LIMIT": "1000000/minute, burst 100000",
+    "CODECOLLAB_SOCKET_RATE_LIMIT": "1000000/second, burst 1000000",
+    "CODECOLLAB_LOG_LEVEL": "WARNING",
+}
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """Return user plus system CPU time of ``pid``, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_mib(pid: int) -> float:
+    """Return the resident memory of ``pid``, in MiB."""
+    resident_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return resident_pages * PAGE_SIZE / (1024 * 1024)
+
+
+@dataclass
+class Server:
+    """A benchmarked server process."""
+
+    kind: str
+    port: int
+    process: subprocess.Popen[bytes]
+    workdir: Path
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        """Stop the server and wait for it."""
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=15)
+
+
+def start_server(kind: str) -> Server:
+    """Start a fresh server of ``kind`` (``codecollab`` or ``peer``) and wait until it responds."""
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
+    log = (workdir / "server.log").open("wb")
+    if kind == "codecollab":
+        env = {
+            **os.environ,
+            **CODECOLLAB_ENV,
+            "CODECOLLAB_HOST": "127.0.0.1",
+            "CODECOLLAB_PORT": str(port),
+            "CODECOLLAB_DATABASE_PATH": str(workdir / "bench.db"),
+        }
+        command = [sys.executable, "app.py"]
+        cwd = REPO_ROOT / "codecollab"
+        health = f"http://127.0.0.1:{port}/healthz"
+    else:
+        env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port)}
+        command = ["node", str(PEER_SERVER)]
+        cwd = LOAD_DIR
+        health = f"http://127.0.0.1:{port}/"
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(health, timeout=1):
+                return Server(kind, port, process, workdir)
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError(f"{kind} exited; see {workdir / 'server.log'}") from None
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"{kind} did not respond within 30 s; see {workdir / 'server.log'}")
+
+
+def run_load(server: Server, options: dict[str, object]) -> subprocess.Popen[str]:
+    """Start the Node.js load clients against ``server``."""
+    payload = {"server": server.kind, "url": server.url, "session": secrets.token_urlsafe(16)}
+    return subprocess.Popen(
+        ["node", "load.mjs", json.dumps({**payload, **options})],
+        cwd=LOAD_DIR,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def read_result(load: subprocess.Popen[str], timeout: float) -> dict[str, object]:
+    """Read the next JSON line of the load process."""
+    assert load.stdout is not None
+    line = load.stdout.readline()
+    if not line:
+        load.wait(timeout=timeout)
+        raise RuntimeError(f"the load clients exited with {load.returncode} and no result")
+    return json.loads(line)
+
+
+@dataclass
+class TypingResult:
+    """One typing run: N clients, one typist, on one server."""
+
+    server: str
+    clients: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    delivered: int
+    missing: int
+    cpu_percent: float
+    cpu_ms_per_client_second: float
+    rss_idle_mib: float
+    rss_connected_mib: float
+    rss_per_client_kib: float
+    connect_s: float
+
+
+def typing_run(kind: str, clients: int, seconds: float, rate: int) -> TypingResult:
+    """Measure keystroke-to-peer latency and server cost for ``clients`` clients."""
+    server = start_server(kind)
+    try:
+        pid = server.process.pid
+        time.sleep(1)
+        rss_idle = rss_mib(pid)
+        load = run_load(
+            server, {"mode": "typing", "clients": clients, "seconds": seconds, "rate": rate}
+        )
+        # The load script connects and syncs, waits 0.5 s, then types: poll until the server
+        # is quiet to take the "connected" memory figure and the CPU baseline.
+        rss_connected, cpu_start, typing_started = wait_for_typing(pid, load, clients)
+        result = read_result(load, timeout=seconds + 120)
+        cpu_used = cpu_seconds(pid) - cpu_start
+        window = time.monotonic() - typing_started
+        load.wait(timeout=30)
+    finally:
+        server.stop()
+    return TypingResult(
+        server=kind,
+        clients=clients,
+        p50_ms=round(result["p50"], 2),
+        p99_ms=round(result["p99"], 2),
+        max_ms=round(result["max"], 2),
+        delivered=int(result["delivered"]),
+        missing=int(result["missing"]),
+        cpu_percent=round(100 * cpu_used / window, 1),
+        cpu_ms_per_client_second=round(1000 * cpu_used / window / clients, 3),
+        rss_idle_mib=round(rss_idle, 1),
+        rss_connected_mib=round(rss_connected, 1),
+        rss_per_client_kib=round((rss_connected - rss_idle) * 1024 / clients, 1),
+        connect_s=round(result["connectMs"] / 1000, 2),
+    )
+
+
+def wait_for_typing(
+    pid: int, load: subprocess.Popen[str], clients: int
+) -> tuple[float, float, float]:
+    """Wait until the clients are connected (server CPU settles), return RSS, CPU and time."""
+    previous = cpu_seconds(pid)
+    quiet_samples = 0
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and quiet_samples < 2:
+        time.sleep(0.2)
+        current = cpu_seconds(pid)
+        busy = current - previous > 0.02
+        previous = current
+        connections = count_connections(pid)
+        quiet_samples = quiet_samples + 1 if connections >= clients and not busy else 0
+        if load.poll() is not None:
+            raise RuntimeError("the load clients exited before typing")
+    return rss_mib(pid), cpu_seconds(pid), time.monotonic()
+
+
+def count_connections(pid: int) -> int:
+    """Return the number of established TCP sockets of ``pid``."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    established = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            parts = line.split()
+            if parts[3] == "01" and parts[9] in inodes:
+                established += 1
+    return established
+
+
+def idle_run(kind: str, clients: int) -> dict[str, float]:
+    """Measure server memory with ``clients`` idle, synced connections."""
+    server = start_server(kind)
+    try:
+        pid = server.process.pid
+        time.sleep(1)
+        rss_before = rss_mib(pid)
+        load = run_load(server, {"mode": "idle", "clients": clients, "holdSeconds": 8})
+        ready = read_result(load, timeout=180)
+        time.sleep(3)
+        rss_after = rss_mib(pid)
+        load.wait(timeout=60)
+    finally:
+        server.stop()
+    return {
+        "clients": clients,
+        "rss_before_mib": round(rss_before, 1),
+        "rss_connected_mib": round(rss_after, 1),
+        "rss_per_client_kib": round((rss_after - rss_before) * 1024 / clients, 1),
+        "connect_s": round(float(ready["connectMs"]) / 1000, 2),
+    }
+
+
+def newcomer_run(kind: str, document_bytes: int, newcomers: int) -> dict[str, object]:
+    """Measure connect-to-synced time of newcomers to a document of ``document_bytes``."""
+    server = start_server(kind)
+    try:
+        load = run_load(
+            server,
+            {"mode": "newcomer", "documentBytes": document_bytes, "newcomers": newcomers},
+        )
+        result = read_result(load, timeout=180)
+        load.wait(timeout=30)
+    finally:
+        server.stop()
+    return {
+        "document_characters": result["documentCharacters"],
+        "median_ms": round(float(result["median"]), 1),
+        "max_ms": round(float(result["max"]), 1),
+        "runs_ms": [round(float(t), 1) for t in result["runs"]],
+    }
+
+
+@dataclass
+class Report:
+    """Everything one benchmark run measured, with the machine it ran on."""
+
+    started: str
+    machine: dict[str, str]
+    typing: list[TypingResult] = field(default_factory=list)
+    idle: dict[str, dict[str, float]] = field(default_factory=dict)
+    newcomer: dict[str, dict[str, object]] = field(default_factory=dict)
+
+
+def machine_info() -> dict[str, str]:
+    """Describe the machine and the versions under test."""
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "node": node,
+        "kernel": platform.release(),
+    }
+
+
+def markdown(report: Report) -> str:
+    """Render the report as the Markdown tables of docs/benchmarks.md."""
+    lines = [
+        "| clients | server | p50 ms | p99 ms | max ms | missing | server CPU % | CPU ms per "
+        "client-second | RSS per client KiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in report.typing:
+        lines.append(
+            f"| {row.clients} | {row.server} | {row.p50_ms} | {row.p99_ms} | {row.max_ms} | "
+            f"{row.missing} | {row.cpu_percent} | {row.cpu_ms_per_client_second} | "
+            f"{row.rss_per_client_kib} |"
+        )
+    lines.append("")
+    by_count: dict[int, dict[str, TypingResult]] = {}
+    for row in report.typing:
+        by_count.setdefault(row.clients, {})[row.server] = row
+    lines.append("| clients | p99 ratio CodeCollab / peer | CPU ratio |")
+    lines.append("| --- | --- | --- |")
+    for clients, rows in sorted(by_count.items()):
+        if {"codecollab", "peer"} <= rows.keys():
+            ours, peer = rows["codecollab"], rows["peer"]
+            cpu_ratio = ours.cpu_percent / peer.cpu_percent if peer.cpu_percent else float("inf")
+            lines.append(f"| {clients} | {ours.p99_ms / peer.p99_ms:.2f} | {cpu_ratio:.2f} |")
+    lines.append("")
+    lines.append("| measure | CodeCollab | peer |")
+    lines.append("| --- | --- | --- |")
+    if report.idle:
+        ours, peer = report.idle.get("codecollab", {}), report.idle.get("peer", {})
+        lines.append(
+            f"| RSS with {ours.get('clients')} idle clients, MiB | "
+            f"{ours.get('rss_connected_mib')} | {peer.get('rss_connected_mib')} |"
+        )
+        lines.append(
+            f"| RSS per idle client, KiB | {ours.get('rss_per_client_kib')} | "
+            f"{peer.get('rss_per_client_kib')} |"
+        )
+    if report.newcomer:
+        ours, peer = report.newcomer.get("codecollab", {}), report.newcomer.get("peer", {})
+        lines.append(
+            f"| newcomer sync of a 1 MB document, median ms | {ours.get('median_ms')} | "
+            f"{peer.get('median_ms')} |"
+        )
+        lines.append(
+            f"| newcomer sync of a 1 MB document, max ms | {ours.get('max_ms')} | "
+            f"{peer.get('max_ms')} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Run every measurement and print and store the results."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="10 and 100 clients only")
+    parser.add_argument("--seconds", type=float, default=10.0, help="typing time per run (s)")
+    parser.add_argument("--rate", type=int, default=20, help="typed characters per second")
+    parser.add_argument("--idle-clients", type=int, default=1000, help="idle connections")
+    arguments = parser.parse_args()
+
+    if not PEER_SERVER.exists():
+        sys.exit(f"{PEER_SERVER} is missing: run `npm ci` in {LOAD_DIR}")
+    counts = [10, 100] if arguments.quick else [10, 100, 500]
+    report = Report(started=datetime.now(UTC).isoformat(timespec="seconds"), machine=machine_info())
+
+    for clients in counts:
+        for kind in ("codecollab", "peer"):
+            result = typing_run(kind, clients, arguments.seconds, arguments.rate)
+            print(json.dumps(asdict(result)), flush=True)
+            report.typing.append(result)
+    for kind in ("codecollab", "peer"):
+        report.idle[kind] = idle_run(kind, arguments.idle_clients)
+        print(kind, "idle", json.dumps(report.idle[kind]), flush=True)
+        report.newcomer[kind] = newcomer_run(kind, 1024 * 1024, newcomers=7)
+        print(kind, "newcomer", json.dumps(report.newcomer[kind]), flush=True)
+
+    RESULTS_DIR.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    (RESULTS_DIR / f"editor-{stamp}.json").write_text(json.dumps(asdict(report), indent=2))
+    print()
+    print(json.dumps(report.machine))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
