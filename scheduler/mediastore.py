@@ -279,6 +279,9 @@ class S3MediaStore(MediaStore):
             raise self._fail("delete", key, exc) from exc
 
     def publish_outputs(self, task_id: str, scratch: Path) -> None:
+        # NOTE: an upload that fails midway leaves the objects already sent. A redelivery
+        # replaces them, but a task that then fails for good keeps them until they are
+        # deleted by hand, because cleanup only visits tasks that list their outputs.
         # A redelivered task overwrites the same names; removing the old set first also drops
         # files that an earlier, interrupted delivery wrote and this one did not.
         self.delete_outputs(task_id)

@@ -388,10 +388,13 @@ def cleanup_outputs() -> int:
     cutoff = time.time() - settings.output_retention_days * 86400
     removed = 0
     for record in store.finished_before(cutoff):
-        if media_store.delete_outputs(record.id):
-            store.expire_outputs(record.id)
-            removed += 1
         shutil.rmtree(settings.outbox / record.id, ignore_errors=True)
+        if not (record.result or {}).get("files"):
+            continue
+        # The API stops listing the files before they go, so no client follows a dead link.
+        store.expire_outputs(record.id)
+        media_store.delete_outputs(record.id)
+        removed += 1
     media_store.delete_uploads_before(cutoff)
     logger.info(
         "cleanup removed the outputs of %d tasks older than %d days",
