@@ -67,11 +67,13 @@ def make_targets(folder: Path, names: list[str]) -> list[Target]:
     spool = folder / "filesystem"
     spool.mkdir(parents=True)
     all_targets = [
-        Target("sqlite (synchronous=FULL, default)", f"sqlite:///{folder / 'full.sqlite3'}", {}),
         Target(
-            "sqlite (synchronous=NORMAL)",
-            f"sqlite:///{folder / 'normal.sqlite3'}",
-            {"synchronous": "NORMAL"},
+            "sqlite (synchronous=NORMAL, default)", f"sqlite:///{folder / 'normal.sqlite3'}", {}
+        ),
+        Target(
+            "sqlite (synchronous=FULL)",
+            f"sqlite:///{folder / 'full.sqlite3'}",
+            {"synchronous": "FULL"},
         ),
         Target(
             "kombu filesystem",

@@ -104,7 +104,7 @@ class ClusterManager(socketio.RedisManager):
             try:
                 self._feed_local_documents(session_id, event, message)
             except Exception:
-                # Delivery to the clients goes on: their own sync handshake heals the gap.
+                # Delivery to the clients goes on; the periodic resync repairs this copy.
                 logger.exception(
                     "session %s: failed to apply a %s message from another process",
                     session_id,
@@ -257,7 +257,11 @@ class ClusterNode:
     def _send_presence(self, session_id: str) -> None:
         if self._rooms.loaded(session_id) is None:
             return
-        snapshot = self.presence.snapshot(session_id)
+        try:
+            snapshot = self.presence.snapshot(session_id)
+        except redis.RedisError as exc:
+            logger.error("session %s: failed to read presence from Redis: %s", session_id, exc)
+            return
         self._socketio.emit("presence", snapshot, to=room_name(session_id), ignore_queue=True)
 
     def beat_forever(self) -> None:

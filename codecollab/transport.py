@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import request
 from flask_socketio import ConnectionRefusedError, SocketIO, disconnect, emit, join_room
+from redis import RedisError
 
 from codecollab.config import Settings
 from codecollab.documents import Room, RoomManager
@@ -122,7 +123,15 @@ class EditorTransport:
     def presence_of(self, room: Room) -> dict[str, Any]:
         """Return the ``presence`` payload of a room: users of every process when clustered."""
         if self._cluster is not None:
-            return self._cluster.presence.snapshot(room.session_id)
+            try:
+                return self._cluster.presence.snapshot(room.session_id)
+            except RedisError as exc:
+                logger.error(
+                    "session %s: failed to read presence from Redis, counting this process's "
+                    "users only: %s",
+                    room.session_id,
+                    exc,
+                )
         with room.lock:
             return room.presence.snapshot()
 

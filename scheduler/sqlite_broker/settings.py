@@ -14,7 +14,9 @@ DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 DEFAULT_FANOUT_TTL = 60.0
 DEFAULT_BUSY_TIMEOUT = 60.0
 DEFAULT_MAINTENANCE_INTERVAL = 30.0
-DEFAULT_SYNCHRONOUS = "FULL"
+# NORMAL in WAL mode loses no commit when a process crashes, and matches the scheduler's task
+# store and result backend. FULL adds an fsync per publish, claim and ack.
+DEFAULT_SYNCHRONOUS = "NORMAL"
 
 
 @dataclass(frozen=True)

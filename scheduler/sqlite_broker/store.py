@@ -175,7 +175,7 @@ class Store:
         commits.
     """
 
-    def __init__(self, path: Path, *, busy_timeout: float = 60.0, synchronous: str = "FULL"):
+    def __init__(self, path: Path, *, busy_timeout: float = 60.0, synchronous: str = "NORMAL"):
         if synchronous.upper() not in {"FULL", "NORMAL", "EXTRA", "OFF"}:
             raise StoreError(
                 f"invalid synchronous setting {synchronous!r}: use FULL, NORMAL, EXTRA or OFF"

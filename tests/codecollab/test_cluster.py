@@ -284,3 +284,21 @@ def put_text(process: EditorProcess, session: str, text: str) -> None:
     )
     with urllib.request.urlopen(request, timeout=5) as response:
         assert response.status == 200
+
+
+def test_crashed_process_users_expire(cluster: Cluster) -> None:
+    """Users of a killed process who do not reconnect leave the count after its heartbeat."""
+    victim, survivor = cluster(2)
+    session = new_session()
+    stranded = ClusterClient(victim.url, session, "stranded").connect()
+    watcher = ClusterClient(survivor.url, session, "watcher").connect()
+    try:
+        wait_until(lambda: watcher.presence and watcher.presence["count"] == 2, 10, "2 users")
+        victim.stop(signal.SIGKILL)
+        # 0.5 s heartbeats: expiry after 3 missed beats, noticed at the next beat.
+        wait_until(lambda: watcher.presence["count"] == 1, 5, "the stranded user leaves")
+        online = survivor.get_json(f"/api/sessions/{session}")["online"]
+    finally:
+        close_all([stranded, watcher])
+    assert watcher.presence["users"][0]["clientId"] == "watcher"
+    assert online == 1
