@@ -168,8 +168,13 @@ class ClusterPresence:
                 "since": entry.since,
             }
         )
-        target = self._redis if client is None else client
+        target = self._redis.pipeline(transaction=False) if client is None else client
         target.hset(self._hash(session_id), f"{entry.process_id}/{entry.sid}", value)
+        # Live processes renew the hash on every beat. A hash left only by dead processes
+        # expires by itself, so sessions that nobody reopens leave no keys behind.
+        target.pexpire(self._hash(session_id), 2 * self._ttl_ms)
+        if client is None:
+            target.execute()
 
     def _read(self, session_id: str) -> tuple[list[PresenceEntry], list[str]]:
         """Return the entries of live processes and the fields of dead ones."""

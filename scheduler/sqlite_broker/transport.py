@@ -408,8 +408,11 @@ class Transport(virtual.Transport):
     def _log_start(self, expired_leases: int) -> None:
         path = str(self.settings.path.resolve())
         with _announced_lock:
-            first = path not in _announced
-            _announced.add(path)
+            # A connection made before logging is configured (at import time, say) must not
+            # use up the one INFO line.
+            first = path not in _announced and logger.isEnabledFor(logging.INFO)
+            if first:
+                _announced.add(path)
         logger.log(
             logging.INFO if first else logging.DEBUG,
             "sqlite broker: opened %s (SQLite %s, WAL, synchronous=%s, visibility timeout "

@@ -103,3 +103,10 @@ def test_stop_removes_entries(client: redis.Redis, unique_prefix: str) -> None:
     second.add("s", participant("b", "tab-b"))
     assert first.stop() == ["s"]
     assert second.snapshot("s")["count"] == 1
+
+
+def test_hash_expires_without_live_process(client: redis.Redis, unique_prefix: str) -> None:
+    crashed = process(client, unique_prefix, "p1")
+    crashed.add("s", participant("a", "tab-a"))
+    ttl_ms = client.pttl(f"{unique_prefix}:presence:s")
+    assert 0 < ttl_ms <= 2 * EXPIRY_HEARTBEATS * HEARTBEAT * 1000
