@@ -125,9 +125,7 @@ def env_bool(name: str, default: bool, environ: Mapping[str, str] | None = None)
     raise ConfigError(f"{name}={value!r} is not a boolean; use one of 1, 0, true, false")
 
 
-def env_list(
-    name: str, default: list[str], environ: Mapping[str, str] | None = None
-) -> list[str]:
+def env_list(name: str, default: list[str], environ: Mapping[str, str] | None = None) -> list[str]:
     """Return the variable split on commas, with blanks and surrounding spaces dropped."""
     value = _raw(name, environ)
     if value is None:
@@ -135,9 +133,7 @@ def env_list(
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def _check_range(
-    name: str, number: float, minimum: float | None, maximum: float | None
-) -> None:
+def _check_range(name: str, number: float, minimum: float | None, maximum: float | None) -> None:
     if minimum is not None and number < minimum:
         raise ConfigError(f"{name}={number} is below the minimum {minimum}")
     if maximum is not None and number > maximum:

@@ -12,7 +12,8 @@ Reliability settings on RabbitMQ:
 - Publisher confirms (``confirm_publish``) and durable queues with persistent messages: a
   202 response means RabbitMQ has stored the message.
 - ``task_acks_on_failure = False``: a task that fails for good is rejected without requeue,
-  so RabbitMQ moves it to the dead-letter queue, where it can be inspected.
+  so the broker moves it to the dead-letter queue, where it can be inspected. RabbitMQ and the
+  embedded SQLite broker both read the ``x-dead-letter-*`` queue arguments.
 - Soft and hard time limits on every task, below RabbitMQ's ``consumer_timeout``
   (checked by :mod:`scheduler.config`).
 """
@@ -55,18 +56,12 @@ def dead_letter_exchange(settings: Settings) -> Exchange:
 
 
 def build_queues(settings: Settings) -> list[Queue]:
-    """Return the durable work queues, which a worker consumes unless ``-Q`` names others.
-
-    On the embedded broker the queue arguments are left out because the SQLite transport has
-    no dead-lettering.
-    """
+    """Return the durable work queues, which a worker consumes unless ``-Q`` names others."""
     dlx = dead_letter_exchange(settings)
-    arguments = None
-    if not settings.embedded_broker:
-        arguments = {
-            "x-dead-letter-exchange": dlx.name,
-            "x-dead-letter-routing-key": settings.dead_letter_queue,
-        }
+    arguments = {
+        "x-dead-letter-exchange": dlx.name,
+        "x-dead-letter-routing-key": settings.dead_letter_queue,
+    }
     return [
         Queue(
             name,
@@ -197,7 +192,7 @@ def declare_topology(app: Celery, settings: Settings) -> None:
     """Declare the exchanges and queues, the dead-letter queue included.
 
     Workers declare only the queues they consume, so without this the dead-letter exchange
-    might not exist when RabbitMQ first rejects a message, and the message would be dropped.
+    might not exist when the broker first rejects a message, and the message would be dropped.
     """
     with app.connection_for_write() as connection:
         connect_once(connection, settings.publish_timeout)

@@ -23,8 +23,8 @@ EMBEDDED_BROKER_SCHEME = "sqlite"
 # Embedded-broker limits, logged at start-up and repeated in the README.
 EMBEDDED_BROKER_LIMITS = (
     "embedded broker (SQLite transport, scheduler.sqlite_broker) in use: producers and workers "
-    "must run on this machine, a message may hold at most 4 MiB, and there is no dead-letter "
-    "queue (a task that fails for good is recorded in the task store and its message dropped). "
+    "must run on this machine and a message may hold at most 4 MiB. Tasks that fail for good "
+    "go to the dead-letter queue as on RabbitMQ (list them with python -m scheduler.deadletters). "
     "Set CELERY_BROKER_URL=amqp://... to use RabbitMQ."
 )
 

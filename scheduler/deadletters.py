@@ -1,8 +1,9 @@
 """List the messages in the dead-letter queue: ``python -m scheduler.deadletters``.
 
 Messages are read without acknowledgement and returned to the queue when the channel
-closes, so listing never removes anything. Each line shows the task id, the task name, when
-and why RabbitMQ dead-lettered it, and its arguments.
+closes, so listing never removes anything. Each line shows the task id, the task name, why
+and from which queue the broker (RabbitMQ or the embedded SQLite broker) dead-lettered it, and
+its arguments.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from kombu import Connection
 
 from scheduler.celery_app import dead_letter_queue
 from scheduler.config import Settings, load_settings
+from scheduler.sqlite_broker import register as register_sqlite_broker
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class DeadLetter:
 
 def peek(settings: Settings, limit: int) -> list[DeadLetter]:
     """Return up to ``limit`` dead-lettered messages, leaving them in the queue."""
+    if settings.embedded_broker:
+        register_sqlite_broker()
     queue = dead_letter_queue(settings)
     letters: list[DeadLetter] = []
     with Connection(settings.broker_url, connect_timeout=settings.publish_timeout) as conn:
@@ -65,11 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=50, help="messages to show (default 50)")
     args = parser.parse_args(argv)
     settings = load_settings()
-    if settings.embedded_broker:
-        print(
-            "the embedded broker has no dead-letter queue; set CELERY_BROKER_URL", file=sys.stderr
-        )
-        return 1
     letters = peek(settings, args.limit)
     for letter in letters:
         print(

@@ -126,7 +126,6 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     logger.info("media store: %s", media_store.describe())
     if settings.embedded_broker:
         logger.warning(EMBEDDED_BROKER_LIMITS)
-        return
     try:
         declare_topology(celery_app, settings)
     except Exception as exc:  # noqa: BLE001 - the worker keeps running without the DLQ

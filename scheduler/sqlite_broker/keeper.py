@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from .deadletter import log_expired_dead_letters
 from .liveness import owner_is_dead
 from .settings import BrokerSettings
 from .store import Store
@@ -115,6 +116,7 @@ class LeaseKeeper:
 
     def _maintain(self, now: float) -> None:
         report = self._store.maintain(self.settings.fanout_ttl, now)
+        log_expired_dead_letters(report.dead_lettered)
         if report.expired_messages or report.expired_queues:
             logger.info(
                 "sqlite broker %s: deleted %d expired messages and %d idle queues %s",

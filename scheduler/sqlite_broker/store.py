@@ -11,6 +11,8 @@ Tables:
 - ``fanout``: messages published to fanout exchanges, read by every bound consumer through its
   own cursor and deleted after ``fanout_ttl`` seconds.
 - ``exchanges``, ``bindings``, ``queues``: routing state shared by all processes.
+  ``queues.arguments`` keeps the declared queue arguments as JSON, read when a message is
+  dead-lettered (see :mod:`.deadletter`).
 - ``meta``: key/value pairs, such as the time of the last maintenance run.
 
 Every statement runs through :meth:`Store.run`, which retries while another process holds the
@@ -19,20 +21,30 @@ write lock, so "database is locked" reaches the caller only after ``busy_timeout
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from .deadletter import (
+    EXPIRED,
+    REJECTED,
+    DeadLettered,
+    dead_letter_message,
+    match_bindings,
+    target_of,
+)
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -73,7 +85,8 @@ CREATE TABLE IF NOT EXISTS queues (
     name TEXT PRIMARY KEY,
     expires REAL,
     message_ttl REAL,
-    last_used REAL NOT NULL
+    last_used REAL NOT NULL,
+    arguments TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
@@ -92,6 +105,11 @@ RETRY_SLEEP_MAX = 0.005
 # A queue declared with x-expires is deleted only after at least this many idle seconds, so the
 # lease keeper, which marks consumed queues as used every few seconds, always keeps them alive.
 MIN_QUEUE_EXPIRES = 60.0
+
+# Expired messages dead-lettered per transaction by a maintenance run, so that one run never
+# holds the write lock for long.
+EXPIRY_BATCH = 500
+MAX_EXPIRY_BATCHES = 20
 
 # Free pages below this count (4 MiB at the default page size) stay in the file for reuse.
 VACUUM_MIN_PAGES = 1024
@@ -121,6 +139,7 @@ class MaintenanceReport:
     """Counts of what one maintenance run removed and reclaimed."""
 
     expired_messages: int
+    dead_lettered: list[DeadLettered]
     expired_fanout: int
     expired_queues: list[str]
     freed_pages: int
@@ -285,6 +304,10 @@ class Store:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            if version == 1:
+                # Queues declared under version 1 have unknown arguments (NULL) until their
+                # next declaration records them.
+                conn.execute("ALTER TABLE queues ADD COLUMN arguments TEXT")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
         self.run(setup)
@@ -367,6 +390,69 @@ class Store:
             )
         )
         return cursor.rowcount == 1
+
+    def reject(self, row_id: int, owner: str, now: float) -> DeadLettered | None:
+        """Delete a claimed message and dead-letter it, both in one transaction.
+
+        The message goes to the dead-letter exchange of its queue with the reason
+        ``rejected``; a queue without one loses the message, as on RabbitMQ.
+
+        :returns: None when ``owner`` no longer holds the lease, so nothing changed.
+        """
+
+        def work(conn: sqlite3.Connection) -> DeadLettered | None:
+            rows = conn.execute(
+                "DELETE FROM messages WHERE id = ? AND owner = ? "
+                "RETURNING queue, priority, payload",
+                (row_id, owner),
+            ).fetchall()
+            if not rows:
+                return None
+            queue, priority, payload = rows[0]
+            return self._dead_letter(conn, queue, priority, payload, REJECTED, now)
+
+        return self.transaction(work)
+
+    def _dead_letter(
+        self,
+        conn: sqlite3.Connection,
+        queue: str,
+        priority: int,
+        payload: str,
+        reason: str,
+        now: float,
+    ) -> DeadLettered:
+        # Runs inside the caller's transaction, after the original row was deleted.
+        rows = conn.execute("SELECT arguments FROM queues WHERE name = ?", (queue,)).fetchall()
+        arguments = json.loads(rows[0][0]) if rows and rows[0][0] else {}
+        target = target_of(arguments)
+        if target is None:
+            return DeadLettered(queue, None, "", [])
+
+        message, routing_key = dead_letter_message(json.loads(payload), queue, reason, target, now)
+        if target.exchange == "":
+            # The default exchange routes to the queue named by the routing key, if it exists.
+            known = conn.execute("SELECT 1 FROM queues WHERE name = ?", (routing_key,)).fetchall()
+            destinations = [routing_key] if known else []
+        else:
+            type_rows = conn.execute(
+                "SELECT type FROM exchanges WHERE name = ?", (target.exchange,)
+            ).fetchall()
+            bindings = conn.execute(
+                "SELECT routing_key, pattern, queue FROM bindings WHERE exchange = ?",
+                (target.exchange,),
+            ).fetchall()
+            exchange_type = type_rows[0][0] if type_rows else "direct"
+            destinations = match_bindings(exchange_type, bindings, routing_key)
+
+        encoded = json.dumps(message)
+        for destination in destinations:
+            conn.execute(
+                "INSERT INTO messages (queue, priority, payload, expires_at) VALUES "
+                "(?, ?, ?, (SELECT ? + message_ttl FROM queues WHERE name = ?))",
+                (destination, priority, encoded, now, destination),
+            )
+        return DeadLettered(queue, target, routing_key, destinations)
 
     def release(self, row_id: int, owner: str) -> bool:
         """Make a claimed message ready again at once, in its original position."""
@@ -472,19 +558,34 @@ class Store:
         return row[0][0] if row else None
 
     def declare_queue(
-        self, name: str, expires: float | None, message_ttl: float | None, now: float
-    ) -> None:
+        self,
+        name: str,
+        expires: float | None,
+        message_ttl: float | None,
+        arguments: Mapping[str, Any],
+        now: float,
+    ) -> dict[str, Any]:
         """Record queue ``name``, its x-expires and x-message-ttl in seconds, as used now.
 
-        The arguments of the first declaration stay; later declarations only mark the queue used.
+        The arguments of the first declaration stay, as RabbitMQ keeps them, and later
+        declarations only mark the queue used. A queue recorded by schema version 1, whose
+        arguments are unknown, takes them from its next declaration.
+
+        :returns: the arguments in force, which differ from ``arguments`` when an earlier
+            declaration set others.
         """
-        self.run(
+        encoded = json.dumps(dict(arguments), sort_keys=True, default=str)
+        rows = self.run(
             lambda conn: conn.execute(
-                "INSERT INTO queues (name, expires, message_ttl, last_used) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET last_used = excluded.last_used",
-                (name, expires, message_ttl, now),
-            )
+                "INSERT INTO queues (name, expires, message_ttl, last_used, arguments) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "last_used = excluded.last_used, "
+                "arguments = coalesce(queues.arguments, excluded.arguments) "
+                "RETURNING arguments",
+                (name, expires, message_ttl, now, encoded),
+            ).fetchall()
         )
+        return json.loads(rows[0][0])
 
     def has_queue(self, name: str) -> bool:
         """Return whether any process declared queue ``name`` and it has not expired."""
@@ -554,8 +655,47 @@ class Store:
         )
         return cursor.rowcount == 1
 
+    def dead_letter_expired(self, now: float) -> list[DeadLettered]:
+        """Move the expired messages of queues that have a dead-letter exchange to it.
+
+        Each batch of messages is deleted and dead-lettered with the reason ``expired`` in one
+        transaction. Expired messages of other queues stay for :meth:`maintain` to delete.
+        """
+
+        def batch(conn: sqlite3.Connection) -> list[DeadLettered]:
+            rows = conn.execute(
+                "SELECT m.id, q.arguments FROM messages m JOIN queues q ON q.name = m.queue "
+                "WHERE m.expires_at IS NOT NULL AND m.expires_at <= ? AND m.visible_at <= ? "
+                "AND q.arguments IS NOT NULL ORDER BY m.id",
+                (now, now),
+            ).fetchall()
+            ids = [row_id for row_id, args in rows if target_of(json.loads(args)) is not None]
+            moved = []
+            for row_id in ids[:EXPIRY_BATCH]:
+                deleted = conn.execute(
+                    "DELETE FROM messages WHERE id = ? RETURNING queue, priority, payload",
+                    (row_id,),
+                ).fetchall()
+                queue, priority, payload = deleted[0]
+                moved.append(self._dead_letter(conn, queue, priority, payload, EXPIRED, now))
+            return moved
+
+        moved: list[DeadLettered] = []
+        # Bounded, because a cycle of queues with x-message-ttl 0 would expire copies forever;
+        # the next run continues where this one stopped.
+        for _ in range(MAX_EXPIRY_BATCHES):
+            done = self.transaction(batch)
+            moved.extend(done)
+            if len(done) < EXPIRY_BATCH:
+                break
+        return moved
+
     def maintain(self, fanout_ttl: float, now: float) -> MaintenanceReport:
-        """Delete expired rows, return free pages to the file system and checkpoint the WAL."""
+        """Delete expired rows, return free pages to the file system and checkpoint the WAL.
+
+        Expired messages of queues with a dead-letter exchange are dead-lettered first.
+        """
+        dead_lettered = self.dead_letter_expired(now)
         expired_messages = self.run(
             lambda conn: (
                 conn.execute(
@@ -599,6 +739,7 @@ class Store:
         self.checkpoint(truncate=idle)
         return MaintenanceReport(
             expired_messages=expired_messages,
+            dead_lettered=dead_lettered,
             expired_fanout=expired_fanout,
             expired_queues=[name for (name,) in idle_queues],
             freed_pages=free_pages if vacuum else 0,

@@ -5,8 +5,10 @@ and stores everything that must outlive a process or be seen by other processes 
 
 - Messages. A publish is one INSERT, so a message is fully visible or absent.
 - Claims. A consumer leases a message with one UPDATE ... RETURNING. An ack deletes the row, a
-  reject with requeue clears the lease, and a lease that ends without either (the consumer was
-  killed) makes the message ready again. :mod:`.keeper` renews the leases of a live consumer.
+  reject with requeue clears the lease, and a reject without requeue deletes the row and
+  publishes it to the queue's dead-letter exchange in the same transaction. A lease that ends
+  with none of these (the consumer was killed) makes the message ready again. :mod:`.keeper`
+  renews the leases of a live consumer.
 - Routing. Exchange types and bindings live in the database, so a producer routes to queues
   declared only by a worker, and fanout exchanges reach consumers in every process.
 
@@ -20,6 +22,7 @@ Usage::
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -32,6 +35,7 @@ from kombu.transport import virtual
 from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.utils.json import dumps, loads
 
+from .deadletter import log_dead_letter
 from .keeper import LeaseKeeper, release_dead_owners
 from .liveness import new_owner
 from .settings import BrokerSettings
@@ -65,7 +69,7 @@ class QoS(virtual.QoS):
         if requeue:
             self.channel.release_claim(delivery_tag)
         else:
-            self.channel.ack_claim(delivery_tag)
+            self.channel.reject_claim(delivery_tag)
         self._quick_ack(delivery_tag)
 
 
@@ -243,6 +247,23 @@ class Channel(virtual.Channel):
                 queue,
             )
 
+    def reject_claim(self, delivery_tag: str) -> None:
+        """Delete the leased message behind ``delivery_tag`` and dead-letter it."""
+        claim = self._claims.pop(delivery_tag, None)
+        if claim is None:
+            return
+        row_id, queue = claim
+        outcome = self.store.reject(row_id, self.owner, time.time())
+        if outcome is None:
+            logger.warning(
+                "sqlite broker: reject of message %s from queue %r came after its lease "
+                "ended; another consumer may have received it again",
+                delivery_tag,
+                queue,
+            )
+            return
+        log_dead_letter(outcome, delivery_tag)
+
     def release_claim(self, delivery_tag: str) -> None:
         """Make the leased message behind ``delivery_tag`` ready again at once."""
         claim = self._claims.pop(delivery_tag, None)
@@ -266,12 +287,23 @@ class Channel(virtual.Channel):
         arguments = kwargs.get("arguments") or {}
         expires = arguments.get("x-expires")
         message_ttl = arguments.get("x-message-ttl")
-        self.store.declare_queue(
+        stored = self.store.declare_queue(
             queue,
             float(expires) / 1000 if expires is not None else None,
             float(message_ttl) / 1000 if message_ttl is not None else None,
+            arguments,
             time.time(),
         )
+        # RabbitMQ closes the channel with PRECONDITION_FAILED here; kombu's virtual
+        # transports have no such error, so the first arguments stay and the mismatch is logged.
+        if stored != json.loads(json.dumps(dict(arguments), default=str)):
+            logger.warning(
+                "sqlite broker: queue %r declared with arguments %s keeps the arguments %s "
+                "of its first declaration; delete the queue to change them",
+                queue,
+                dict(arguments),
+                stored,
+            )
 
     def _has_queue(self, queue: str, **kwargs: Any) -> bool:
         return self.store.has_queue(queue)

@@ -27,6 +27,7 @@ from envconfig import repo_root
 from scheduler import media
 from scheduler.config import Settings, load_settings
 from scheduler.producer import create_app
+from scheduler.sqlite_broker import register as register_sqlite_broker
 from tests.conftest import _unavailable, tcp_reachable
 from tests.scheduler.producer_process import ProducerProcess
 from tests.scheduler.s3_server import MotoServer
@@ -112,6 +113,18 @@ def embedded_env(tmp_path: Path, unique_prefix: str) -> dict[str, str]:
     return scheduler_environ(tmp_path, broker, unique_prefix)
 
 
+@pytest.fixture(params=["rabbitmq", "sqlite"])
+def broker(request: pytest.FixtureRequest) -> str:
+    """The broker of an end-to-end test: the real RabbitMQ, then the embedded SQLite broker."""
+    return request.param
+
+
+@pytest.fixture
+def broker_env(broker: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """Scheduler environment on ``broker``, so each end-to-end flow runs on both brokers."""
+    return request.getfixturevalue("rabbit_env" if broker == "rabbitmq" else "embedded_env")
+
+
 def delete_rabbit_entities(url: str, prefix: str) -> None:
     """Delete the queues and exchanges that one test declared."""
     with Connection(url, connect_timeout=5) as connection:
@@ -134,6 +147,7 @@ def delete_rabbit_entities(url: str, prefix: str) -> None:
 
 def queue_depth(url: str, queue: str) -> int:
     """Return the number of ready messages in ``queue``."""
+    register_sqlite_broker()  # for sqlite:// URLs; a no-op once registered
     with Connection(url, connect_timeout=5) as connection:
         channel = connection.channel()
         _, count, _ = channel.queue_declare(queue, passive=True)

@@ -1,4 +1,8 @@
-"""End to end: an upload goes through the producer, RabbitMQ and a real worker."""
+"""End to end: requests go through the producer, the broker and a real worker.
+
+Every flow runs twice through the ``broker_env`` fixture: on the real RabbitMQ and on the
+embedded SQLite broker.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,14 @@ import av
 
 from tests.scheduler.conftest import make_client, upload, wait_for_state
 
+# The broker name that GET /healthz reports.
+HEALTHZ_BROKER = {"rabbitmq": "rabbitmq", "sqlite": "embedded"}
 
-def test_video_e2e_rabbitmq(rabbit_env, start_worker, clip_path: Path) -> None:
-    settings, _, client = make_client(rabbit_env)
-    start_worker(rabbit_env)
+
+def test_video_e2e(broker, broker_env, start_worker, clip_path: Path) -> None:  # noqa: ANN001
+    settings, _, client = make_client(broker_env)
+    start_worker(broker_env)
+    assert client.get("/healthz").get_json()["broker"] == HEALTHZ_BROKER[broker]
 
     response = upload(client, clip_path, height="240", thumbnails="4")
     assert response.status_code == 202
@@ -37,21 +45,8 @@ def test_video_e2e_rabbitmq(rabbit_env, start_worker, clip_path: Path) -> None:
     assert thumb.data[:2] == b"\xff\xd8"
 
 
-def test_video_e2e_embedded(embedded_env, start_worker, clip_path: Path) -> None:
-    _, _, client = make_client(embedded_env)
-    start_worker(embedded_env)
-    assert client.get("/healthz").get_json()["broker"] == "embedded"
-
-    response = upload(client, clip_path, height="180", thumbnails="2")
-    assert response.status_code == 202
-    task = wait_for_state(client, response.get_json()["task_id"], {"succeeded", "failed"})
-    assert task["state"] == "succeeded", task
-    assert task["result"]["output"]["height"] == 180
-    assert len(task["result"]["files"]) == 3
-
-
-def test_cancel_running_video(rabbit_env, start_worker, clip_path: Path) -> None:
-    env = {**rabbit_env, "VIDEO_X264_PRESET": "veryslow"}
+def test_cancel_running_video(broker_env, start_worker, clip_path: Path) -> None:
+    env = {**broker_env, "VIDEO_X264_PRESET": "veryslow"}
     settings, _, client = make_client(env)
     start_worker(env)
     task_id = upload(client, clip_path).get_json()["task_id"]
@@ -66,9 +61,9 @@ def test_cancel_running_video(rabbit_env, start_worker, clip_path: Path) -> None
     assert not (settings.media_root / f".{task_id}.partial").exists()
 
 
-def test_report_and_emails_e2e(rabbit_env, start_worker) -> None:
-    settings, _, client = make_client(rabbit_env)
-    start_worker(rabbit_env, queues=[rabbit_env["SCHEDULER_IO_QUEUE"]], pool="threads")
+def test_report_and_emails_e2e(broker_env, start_worker) -> None:
+    settings, _, client = make_client(broker_env)
+    start_worker(broker_env, queues=[broker_env["SCHEDULER_IO_QUEUE"]], pool="threads")
     emails = client.post(
         "/send-emails",
         json={"recipients": ["ann@example.com", "not-an-address"], "subject": "Hi", "body": "B"},
@@ -87,15 +82,15 @@ def test_report_and_emails_e2e(rabbit_env, start_worker) -> None:
     assert mail_task["id"] in csv_text
 
 
-def test_failed_task_dead_lettered(rabbit_env, start_worker, clip_path: Path) -> None:
+def test_failed_task_dead_lettered(broker_env, start_worker, clip_path: Path) -> None:
     from scheduler.deadletters import peek
 
-    settings, _, client = make_client(rabbit_env)
+    settings, _, client = make_client(broker_env)
     task_id = upload(client, clip_path).get_json()["task_id"]
     # Damage the stored upload after it was accepted, so the worker's probe fails.
     for path in settings.uploads_dir.iterdir():
         path.write_bytes(b"not a video any more")
-    start_worker(rabbit_env)
+    start_worker(broker_env)
 
     task = wait_for_state(client, task_id, {"succeeded", "failed"})
     assert task["state"] == "failed"
@@ -110,11 +105,11 @@ def test_failed_task_dead_lettered(rabbit_env, start_worker, clip_path: Path) ->
     assert letters[0].reason == "rejected"
 
 
-def test_cleanup_removes_old_outputs(rabbit_env, start_worker, clip_path: Path) -> None:
+def test_cleanup_removes_old_outputs(broker_env, start_worker, clip_path: Path) -> None:
     from scheduler.celery_app import CLEANUP_OUTPUTS, make_celery
     from scheduler.taskstore import TaskStore
 
-    env = {**rabbit_env, "OUTPUT_RETENTION_DAYS": "1"}
+    env = {**broker_env, "OUTPUT_RETENTION_DAYS": "1"}
     settings, _, client = make_client(env)
     start_worker(env)
     task_id = upload(client, clip_path, height="120", thumbnails="1").get_json()["task_id"]

@@ -78,7 +78,7 @@ def test_smtp_unreachable_is_transient() -> None:
         client.send(message)
 
 
-def test_send_emails_retries_transient(rabbit_env, start_worker) -> None:
+def test_send_emails_retries_transient(broker_env, start_worker) -> None:
     recorder = SmtpRecorder(
         {
             "slow@example.com": ["451 greylisted", "250 OK"],
@@ -86,7 +86,7 @@ def test_send_emails_retries_transient(rabbit_env, start_worker) -> None:
         }
     )
     with smtp_server(recorder) as port:
-        env = {**rabbit_env, "SMTP_URL": f"smtp://127.0.0.1:{port}"}
+        env = {**broker_env, "SMTP_URL": f"smtp://127.0.0.1:{port}"}
         _, _, client = make_client(env)
         start_worker(env, queues=[env["SCHEDULER_IO_QUEUE"]], pool="threads")
         recipients = ["ok@example.com", "slow@example.com", "gone@example.com", "bad address"]

@@ -1,4 +1,8 @@
-"""The producer's HTTP API against the real RabbitMQ, with no worker unless a test starts one."""
+"""The producer's HTTP API, with no worker unless a test starts one.
+
+Input checks run against the real RabbitMQ only. Tests that depend on the broker (queued
+messages, workers, the health check) run on RabbitMQ and on the embedded SQLite broker.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +21,21 @@ UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
 EMAIL = {"recipients": ["a@example.com"], "subject": "Hello", "body": "Text"}
 
 
+# The broker name that GET /healthz reports.
+HEALTHZ_BROKER = {"rabbitmq": "rabbitmq", "sqlite": "embedded"}
+
+
 @pytest.fixture
 def api(rabbit_env):
     """``(settings, test client)`` of a producer on RabbitMQ."""
     settings, _, client = make_client(rabbit_env)
+    return settings, client
+
+
+@pytest.fixture
+def broker_api(broker_env):
+    """``(settings, test client)`` of a producer on each broker in turn."""
+    settings, _, client = make_client(broker_env)
     return settings, client
 
 
@@ -135,8 +150,8 @@ def test_upload_leaves_no_partial_files(api) -> None:
     assert list(settings.uploads_dir.iterdir()) == []
 
 
-def test_accepted_upload_is_queued(api, clip_path: Path) -> None:
-    settings, client = api
+def test_accepted_upload_is_queued(broker_api, clip_path: Path) -> None:
+    settings, client = broker_api
     response = upload(client, clip_path)
     assert response.status_code == 202
     task = client.get(f"/tasks/{response.get_json()['task_id']}").get_json()
@@ -181,8 +196,8 @@ def test_list_tasks_bad_query(api, query: str) -> None:
     assert client.get(f"/tasks?{query}").status_code == 400
 
 
-def test_idempotency_key_returns_original(api) -> None:
-    settings, client = api
+def test_idempotency_key_returns_original(broker_api) -> None:
+    settings, client = broker_api
     first = post_json(client, "/send-emails", EMAIL, **{"Idempotency-Key": "k-1"})
     second = post_json(client, "/send-emails", EMAIL, **{"Idempotency-Key": "k-1"})
     assert second.status_code == 202
@@ -205,14 +220,14 @@ def test_idempotency_key_invalid(api) -> None:
     assert response.status_code == 400
 
 
-def test_cancel_queued_never_starts(api, rabbit_env, start_worker, clip_path: Path) -> None:
-    settings, client = api
+def test_cancel_queued_never_starts(broker_api, broker_env, start_worker, clip_path: Path) -> None:
+    settings, client = broker_api
     task_id = upload(client, clip_path).get_json()["task_id"]
     response = client.delete(f"/tasks/{task_id}")
     assert response.status_code == 200
     assert response.get_json()["state"] == "cancelled"
 
-    start_worker(rabbit_env)
+    start_worker(broker_env)
     deadline = time.monotonic() + 30
     while queue_depth(settings.broker_url, settings.video_queue) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -223,17 +238,17 @@ def test_cancel_queued_never_starts(api, rabbit_env, start_worker, clip_path: Pa
     assert not (settings.media_root / task_id).exists()
 
 
-def test_cancel_finished_409(api, rabbit_env, start_worker) -> None:
-    _, client = api
-    start_worker(rabbit_env, pool="threads")
+def test_cancel_finished_409(broker_api, broker_env, start_worker) -> None:
+    _, client = broker_api
+    start_worker(broker_env, pool="threads")
     task_id = post_json(client, "/send-emails", EMAIL).get_json()["task_id"]
     wait_for_state(client, task_id, {"succeeded"}, timeout=30)
     assert client.delete(f"/tasks/{task_id}").status_code == 409
 
 
-def test_scheduled_task_waits_for_run_at(api, rabbit_env, start_worker) -> None:
-    settings, client = api
-    start_worker(rabbit_env, pool="threads")
+def test_scheduled_task_waits_for_run_at(broker_api, broker_env, start_worker) -> None:
+    settings, client = broker_api
+    start_worker(broker_env, pool="threads")
     response = post_json(client, "/send-emails", {**EMAIL, "delay_seconds": 1.5})
     assert response.status_code == 202
     task_id = response.get_json()["task_id"]
@@ -306,11 +321,11 @@ def test_broker_unreachable_503(tmp_path: Path, unique_prefix: str, mode: str) -
             server.close()
 
 
-def test_healthz_ok(api) -> None:
-    _, client = api
+def test_healthz_ok(broker_api, broker: str) -> None:
+    _, client = broker_api
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.get_json()["broker"] == "rabbitmq"
+    assert response.get_json()["broker"] == HEALTHZ_BROKER[broker]
 
 
 def test_errors_are_json(api) -> None:

@@ -1,4 +1,8 @@
-"""A worker killed with SIGKILL mid-task loses nothing: the task completes on another worker."""
+"""A worker killed with SIGKILL mid-task loses nothing: the task completes on another worker.
+
+This runs on RabbitMQ only. The same 20 trials on the embedded SQLite broker are in
+test_sqlite_broker_celery.py, with a task that holds until the test releases it.
+"""
 
 from __future__ import annotations
 

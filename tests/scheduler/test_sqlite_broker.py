@@ -21,6 +21,7 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.transport import TRANSPORT_ALIASES
 
 from scheduler.sqlite_broker import TRANSPORT_PATH, register
+from scheduler.sqlite_broker.deadletter import match_bindings
 from scheduler.sqlite_broker.keeper import LeaseKeeper
 from scheduler.sqlite_broker.liveness import HOSTNAME, owner_is_dead
 from scheduler.sqlite_broker.settings import BrokerSettings
@@ -320,6 +321,212 @@ def test_purge_keeps_claimed(url: str, db_path: Path) -> None:
 def test_passive_declare_missing_queue(url: str) -> None:
     with connect(url) as conn, pytest.raises(conn.channel_errors):
         conn.default_channel.queue_declare("never-declared", passive=True)
+
+
+# Dead-lettering
+
+
+def dead_letter_setup(conn: Connection, name: str, **arguments: object) -> tuple[Queue, Queue]:
+    """Declare queue ``name`` whose rejects go to ``name-dlx``, bound to ``name-dlq``."""
+    dlx = Exchange(f"{name}-dlx", "direct")
+    dead = Queue(f"{name}-dlq", dlx, f"{name}-dlq")
+    dead(conn.default_channel).declare()
+    work = Queue(
+        name,
+        Exchange(name, "direct"),
+        name,
+        queue_arguments={
+            "x-dead-letter-exchange": dlx.name,
+            "x-dead-letter-routing-key": dead.name,
+            **arguments,
+        },
+    )
+    work(conn.default_channel).declare()
+    return work, dead
+
+
+def test_reject_dead_letters(url: str, db_path: Path) -> None:
+    with connect(url) as conn:
+        work, dead = dead_letter_setup(conn, "dl-reject")
+        Producer(conn).publish(
+            {"n": 1}, exchange=work.name, routing_key=work.name, headers={"h": 1}
+        )
+        conn.SimpleQueue(work).get(timeout=2).reject()
+        letter = conn.SimpleQueue(dead).get(timeout=2)
+        letter.ack()
+        assert row_count(db_path) == 0
+    death = letter.headers["x-death"][0]
+    assert letter.payload == {"n": 1}
+    assert letter.headers["h"] == 1
+    assert death["reason"] == "rejected"
+    assert death["queue"] == "dl-reject"
+    assert death["count"] == 1
+    assert death["exchange"] == "dl-reject"
+    assert death["routing-keys"] == ["dl-reject"]
+    assert letter.headers["x-first-death-reason"] == "rejected"
+    assert letter.delivery_info["routing_key"] == "dl-reject-dlq"
+
+
+def test_requeue_not_dead_lettered(url: str, db_path: Path) -> None:
+    with connect(url) as conn:
+        work, dead = dead_letter_setup(conn, "dl-requeue")
+        Producer(conn).publish("x", exchange=work.name, routing_key=work.name)
+        conn.SimpleQueue(work).get(timeout=2).requeue()
+        ready = conn.default_channel.queue_declare(dead.name, passive=True).message_count
+        assert ready == 0
+        assert row_count(db_path) == 1
+
+
+def test_dead_letter_keeps_routing_key(url: str) -> None:
+    dlx = Exchange("keep-dlx", "topic")
+    dead = Queue("keep-dlq", dlx, "jobs.#")
+    work = Queue(
+        "keep",
+        Exchange("keep", "topic"),
+        "jobs.*",
+        queue_arguments={"x-dead-letter-exchange": "keep-dlx"},
+    )
+    with connect(url) as conn:
+        dead(conn.default_channel).declare()
+        work(conn.default_channel).declare()
+        Producer(conn).publish("x", exchange="keep", routing_key="jobs.video")
+        conn.SimpleQueue(work).get(timeout=2).reject()
+        letter = conn.SimpleQueue(dead).get(timeout=2)
+        letter.ack()
+    assert letter.delivery_info["routing_key"] == "jobs.video"
+
+
+def test_dead_letter_default_exchange_counts(url: str) -> None:
+    # A queue that dead-letters into itself through the default exchange: the count grows.
+    work = Queue(
+        "loop",
+        Exchange("loop", "direct"),
+        "loop",
+        queue_arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "loop"},
+    )
+    with connect(url) as conn:
+        work(conn.default_channel).declare()
+        Producer(conn).publish("x", exchange="loop", routing_key="loop")
+        queue = conn.SimpleQueue(work)
+        queue.get(timeout=2).reject()
+        queue.get(timeout=2).reject()
+        letter = queue.get(timeout=2)
+        letter.ack()
+    assert [d["count"] for d in letter.headers["x-death"]] == [2]
+
+
+def test_dead_letter_unroutable_dropped(url: str, db_path: Path, caplog) -> None:  # noqa: ANN001
+    work = Queue(
+        "nowhere",
+        Exchange("nowhere", "direct"),
+        "nowhere",
+        queue_arguments={"x-dead-letter-exchange": "missing-dlx"},
+    )
+    with connect(url) as conn:
+        work(conn.default_channel).declare()
+        Producer(conn).publish("x", exchange="nowhere", routing_key="nowhere")
+        conn.SimpleQueue(work).get(timeout=2).reject()
+        assert row_count(db_path) == 0
+    assert "routes routing key 'nowhere' to no queue" in caplog.text
+
+
+def test_reject_after_lease_lost_kept(url: str, db_path: Path) -> None:
+    with connect(url, visibility_timeout=0.3) as slow, connect(url) as fast:
+        work, dead = dead_letter_setup(slow, "dl-late")
+        Producer(slow).publish("x", exchange=work.name, routing_key=work.name)
+        held = slow.SimpleQueue(work).get(timeout=2)
+        slow.transport._keeper.stop()  # simulates a hung holder
+        time.sleep(0.5)
+        again = fast.SimpleQueue(work).get(timeout=2)
+        held.reject()
+        assert row_count(db_path) == 1
+        again.ack()
+        assert row_count(db_path) == 0
+
+
+def maintain_now(db_path: Path) -> None:
+    store = Store(db_path)
+    store.maintain(60, time.time())
+    store.close()
+
+
+def test_expired_message_dead_lettered(url: str, db_path: Path) -> None:
+    with connect(url) as conn:
+        work, dead = dead_letter_setup(conn, "dl-expiry")
+        Producer(conn).publish("x", exchange=work.name, routing_key=work.name, expiration=0.1)
+        time.sleep(0.2)
+        maintain_now(db_path)
+        letter = conn.SimpleQueue(dead).get(timeout=2)
+        letter.ack()
+    assert letter.headers["x-death"][0]["reason"] == "expired"
+    assert letter.headers["original-expiration"] == "100"
+    assert "expiration" not in letter.properties
+
+
+def test_queue_ttl_dead_lettered(url: str, db_path: Path) -> None:
+    with connect(url) as conn:
+        work, dead = dead_letter_setup(conn, "dl-ttl", **{"x-message-ttl": 100})
+        Producer(conn).publish("x", exchange=work.name, routing_key=work.name)
+        time.sleep(0.2)
+        maintain_now(db_path)
+        assert conn.default_channel.queue_declare(work.name, passive=True).message_count == 0
+        letter = conn.SimpleQueue(dead).get(timeout=2)
+        letter.ack()
+    assert letter.headers["x-death"][0]["queue"] == "dl-ttl"
+
+
+def test_redeclare_keeps_first_arguments(url: str, db_path: Path, caplog) -> None:  # noqa: ANN001
+    with connect(url) as conn:
+        work, dead = dead_letter_setup(conn, "dl-redeclare")
+        conn.default_channel.queue_declare(work.name, arguments={})
+        Producer(conn).publish("x", exchange=work.name, routing_key=work.name)
+        conn.SimpleQueue(work).get(timeout=2).reject()
+        letter = conn.SimpleQueue(dead).get(timeout=2)
+        letter.ack()
+    assert letter.payload == "x"
+    assert "keeps the arguments" in caplog.text
+
+
+SCHEMA_V1_QUEUES = """
+CREATE TABLE queues (
+    name TEXT PRIMARY KEY, expires REAL, message_ttl REAL, last_used REAL NOT NULL
+) WITHOUT ROWID;
+INSERT INTO queues VALUES ('old', NULL, NULL, 0);
+PRAGMA user_version = 1;
+"""
+
+
+def test_schema_v1_upgraded(url: str, db_path: Path) -> None:
+    with sqlite3.connect(db_path) as raw:
+        raw.executescript(SCHEMA_V1_QUEUES)
+    with connect(url) as conn:
+        work, dead = dead_letter_setup(conn, "old")
+        Producer(conn).publish("x", exchange=work.name, routing_key=work.name)
+        conn.SimpleQueue(work).get(timeout=2).reject()
+        letter = conn.SimpleQueue(dead).get(timeout=2)
+        letter.ack()
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert letter.headers["x-death"][0]["queue"] == "old"
+
+
+@pytest.mark.parametrize(
+    ("exchange_type", "routing_key", "expected"),
+    [
+        ("direct", "a", ["qa"]),
+        ("direct", "z", []),
+        ("topic", "jobs.video", ["qa", "qt"]),
+        ("topic", "jobs.video.hd", ["qt"]),
+        ("fanout", "anything", ["qa", "qt", "qz"]),
+    ],
+)
+def test_match_bindings(exchange_type: str, routing_key: str, expected: list[str]) -> None:
+    bindings = [
+        ("a", r"^jobs\.[^.]+$", "qa"),
+        ("jobs.#", r"^jobs\..*?$", "qt"),
+        ("z.*", r"^z\.[^.]+$", "qz"),
+    ]
+    assert match_bindings(exchange_type, bindings, routing_key) == expected
 
 
 # Routing across connections
