@@ -8,9 +8,11 @@ paths are resolved against the repository root, so ``cd scheduler && python app.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from envconfig import ConfigError, env_float, env_int, env_str, load_env, repo_root
 
@@ -73,6 +75,20 @@ class Settings:
     cleanup_interval: float
     dispatch_interval: float
     smtp_timeout: float
+    # Where uploads and outputs live: "" for the MEDIA_ROOT folder, or s3://bucket/prefix.
+    media_url: str = ""
+    # Endpoint of an S3-compatible server (MinIO, Ceph...); "" means AWS or AWS_ENDPOINT_URL_S3.
+    media_s3_endpoint_url: str = ""
+    media_s3_region: str = ""
+    # Empty keys leave credentials to boto3's chain (AWS_* variables, ~/.aws, instance role).
+    media_s3_access_key_id: str = ""
+    media_s3_secret_access_key: str = field(default="", repr=False)
+    # "path" for most S3-compatible servers, "virtual" or "auto" for AWS.
+    media_s3_addressing_style: str = "auto"
+    # PostgreSQL URL of the task store; "" keeps it in the SQLite file ``task_db``.
+    task_db_url: str = field(default="", repr=False)
+    # Prefix of the rate limiter's keys, so deployments sharing one Redis keep their buckets apart.
+    rate_limit_key_prefix: str = "ratelimit:scheduler"
 
     @property
     def embedded_broker(self) -> bool:
@@ -136,8 +152,21 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         cleanup_interval=env_float("SCHEDULER_CLEANUP_INTERVAL", 3600, minimum=1, environ=environ),
         dispatch_interval=env_float("SCHEDULER_DISPATCH_INTERVAL", 2, minimum=0.1, environ=environ),
         smtp_timeout=env_float("SMTP_TIMEOUT", 10, minimum=0.1, environ=environ),
+        media_url=_media_url(env_str("MEDIA_URL", "", environ)),
+        media_s3_endpoint_url=env_str("MEDIA_S3_ENDPOINT_URL", "", environ),
+        media_s3_region=env_str("MEDIA_S3_REGION", "", environ),
+        media_s3_access_key_id=env_str("MEDIA_S3_ACCESS_KEY_ID", "", environ),
+        media_s3_secret_access_key=env_str("MEDIA_S3_SECRET_ACCESS_KEY", "", environ),
+        media_s3_addressing_style=_addressing_style(
+            env_str("MEDIA_S3_ADDRESSING_STYLE", "auto", environ)
+        ),
+        task_db_url=_task_db_url(env_str("SCHEDULER_TASK_DB_URL", "", environ)),
+        rate_limit_key_prefix=env_str(
+            "SCHEDULER_RATE_LIMIT_KEY_PREFIX", "ratelimit:scheduler", environ
+        ),
     )
     _check_time_limits(settings)
+    _check_s3_credentials(settings)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     return settings
 
@@ -159,3 +188,52 @@ def _check_time_limits(settings: Settings) -> None:
                 "still running the task; raise consumer_timeout in rabbitmq.conf and set "
                 "RABBITMQ_CONSUMER_TIMEOUT to match"
             )
+
+
+# S3 bucket names: 3 to 63 lowercase letters, digits, dots and hyphens.
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_ADDRESSING_STYLES = ("auto", "path", "virtual")
+
+
+def _media_url(url: str) -> str:
+    """Validate ``MEDIA_URL``: empty, or ``s3://bucket`` with an optional key prefix."""
+    url = url.strip()
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not _BUCKET_NAME.match(parts.netloc) or parts.query:
+        raise ConfigError(
+            f"MEDIA_URL={url!r} is not supported; use s3://bucket or s3://bucket/prefix "
+            "(bucket: 3-63 lowercase letters, digits, dots, hyphens), or leave it empty to "
+            "keep media in MEDIA_ROOT"
+        )
+    return url
+
+
+def _addressing_style(style: str) -> str:
+    if style not in _ADDRESSING_STYLES:
+        raise ConfigError(
+            f"MEDIA_S3_ADDRESSING_STYLE={style!r} is not supported; use one of "
+            + ", ".join(_ADDRESSING_STYLES)
+        )
+    return style
+
+
+def _check_s3_credentials(settings: Settings) -> None:
+    if bool(settings.media_s3_access_key_id) != bool(settings.media_s3_secret_access_key):
+        raise ConfigError(
+            "MEDIA_S3_ACCESS_KEY_ID and MEDIA_S3_SECRET_ACCESS_KEY must be set together; "
+            "set both, or neither to use boto3's default credentials"
+        )
+
+
+def _task_db_url(url: str) -> str:
+    """Validate ``SCHEDULER_TASK_DB_URL``: empty, or a PostgreSQL URL."""
+    url = url.strip()
+    if url and urlsplit(url).scheme not in ("postgresql", "postgres"):
+        raise ConfigError(
+            f"SCHEDULER_TASK_DB_URL has the scheme {urlsplit(url).scheme!r}; use a PostgreSQL "
+            "URL such as postgresql://user@127.0.0.1:5432/scheduler, or leave it empty to use "
+            "the SQLite file of SCHEDULER_TASK_DB"
+        )
+    return url

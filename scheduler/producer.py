@@ -9,22 +9,30 @@ state of a task: the producer records each id before publishing it, so an unknow
 from __future__ import annotations
 
 import logging
-import os
 import re
 import tempfile
 import uuid
 from pathlib import Path
 from typing import IO, Any
 
-from flask import Flask, Response, jsonify, request, send_from_directory, url_for
+from flask import (
+    Flask,
+    Response,
+    jsonify,
+    request,
+    send_from_directory,
+    stream_with_context,
+    url_for,
+)
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request
 
 from ratelimiter.flask import Limiter
-from scheduler import inputs, media
+from scheduler import inputs, media, mediastore
 from scheduler.celery_app import make_celery
 from scheduler.config import EMBEDDED_BROKER_LIMITS, Settings, load_settings
 from scheduler.events import TaskEvents
+from scheduler.pgtaskstore import open_task_store
 from scheduler.publisher import BrokerUnavailable, Publisher
 from scheduler.taskstore import TERMINAL_STATES, IdempotencyConflict, TaskRecord, TaskStore
 from scheduler.web import create_jobs_blueprint
@@ -69,18 +77,23 @@ def create_app(
     *,
     store: TaskStore | None = None,
     publisher: Publisher | None = None,
+    media_store: mediastore.MediaStore | None = None,
 ) -> Flask:
     """Build the producer app.
 
     :param settings: defaults to :func:`scheduler.config.load_settings`.
-    :param store: the task store; defaults to the SQLite file named by the settings.
+    :param store: the task store; defaults to the one the settings select.
     :param publisher: defaults to a publisher on a Celery app built from the settings.
+    :param media_store: where uploads and outputs live; defaults to the backend that
+        ``MEDIA_URL`` selects.
     """
     settings = settings or load_settings()
-    store = store or TaskStore(settings.task_db)
+    store = store or open_task_store(settings)
     if publisher is None:
         publisher = Publisher(make_celery(settings, producer=True), settings)
+    media_store = media_store or mediastore.open_media_store(settings)
     events = TaskEvents(store)
+    # Uploads stream into this local folder first; the media store takes them from there.
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
 
     app = Flask(__name__)
@@ -92,9 +105,12 @@ def create_app(
 
     # Per-route policies only, keyed by client IP; the key prefix keeps these buckets apart
     # from other services that share a Redis storage.
-    limiter = Limiter(storage=settings.rate_limit_storage, key_prefix="ratelimit:scheduler")
+    limiter = Limiter(
+        storage=settings.rate_limit_storage, key_prefix=settings.rate_limit_key_prefix
+    )
     limiter.init_app(app)
 
+    logger.info("media store: %s", media_store.describe())
     if settings.embedded_broker:
         logger.warning(EMBEDDED_BROKER_LIMITS)
 
@@ -133,6 +149,11 @@ def create_app(
     @app.errorhandler(BrokerUnavailable)
     def broker_unavailable(exc: BrokerUnavailable) -> tuple[Response, int]:
         return _error(f"{exc}; nothing was queued, try again later", 503)
+
+    @app.errorhandler(mediastore.MediaStoreError)
+    def media_store_failed(exc: mediastore.MediaStoreError) -> tuple[Response, int]:
+        logger.error("media store error on %s %s: %s", request.method, request.path, exc)
+        return _error("the media store is unavailable; nothing was queued, try again later", 503)
 
     @app.errorhandler(IdempotencyConflict)
     def idempotency_conflict(exc: IdempotencyConflict) -> tuple[Response, int]:
@@ -202,15 +223,15 @@ def create_app(
             task_id = str(uuid.uuid4())
             suffix = Path(upload.filename or "").suffix.lower()
             stored_name = task_id + (suffix if _SUFFIX.match(suffix) else "")
-            os.replace(part_path, settings.uploads_dir / stored_name)
+            media_store.save_upload(part_path, stored_name)
             params = {"upload": stored_name, "height": height, "thumbnails": thumbnails}
             try:
                 record, created = submit(task_id, "process-video", params, run_at, key)
             except BaseException:
-                (settings.uploads_dir / stored_name).unlink(missing_ok=True)
+                _discard_upload(media_store, stored_name)
                 raise
             if not created:
-                (settings.uploads_dir / stored_name).unlink(missing_ok=True)
+                _discard_upload(media_store, stored_name)
             logger.info(
                 "accepted video task %s (%s, %dx%d, %.1f s, client %s)",
                 record.id,
@@ -293,15 +314,70 @@ def create_app(
         listed = {entry["name"] for entry in (record.result or {}).get("files", [])}
         if name not in listed:
             raise inputs.InvalidInput(f"task {task_id} has no output file {name!r}", 404)
-        # send_from_directory rejects any name that would leave the folder.
-        return send_from_directory(settings.media_root / task_id, name)
+        folder = media_store.output_folder(task_id)
+        if folder is not None:
+            # send_from_directory rejects any name that would leave the folder.
+            return send_from_directory(folder, name)
+        return _stream_output(media_store, task_id, name)
 
     @app.get("/healthz")
     def healthz() -> Any:
         problem = publisher.ping()
         broker = "embedded" if settings.embedded_broker else "rabbitmq"
+        media_kind = media_store.kind
         if problem is not None:
-            return _error(f"the message broker is unreachable: {problem}", 503, broker=broker)
-        return jsonify(status="ok", broker=broker)
+            return _error(
+                f"the message broker is unreachable: {problem}",
+                503,
+                broker=broker,
+                media=media_kind,
+            )
+        media_problem = media_store.check()
+        if media_problem is not None:
+            return _error(
+                f"the media store is unusable: {media_problem}",
+                503,
+                broker=broker,
+                media=media_kind,
+            )
+        return jsonify(status="ok", broker=broker, media=media_kind)
 
     return app
+
+
+def _discard_upload(media_store: mediastore.MediaStore, name: str) -> None:
+    """Delete an upload that no task will use; a failure is logged, never raised."""
+    try:
+        media_store.delete_upload(name)
+    except mediastore.MediaStoreError as exc:
+        logger.error("could not delete the unused upload %s: %s", name, exc)
+
+
+def _stream_output(media_store: mediastore.MediaStore, task_id: str, name: str) -> Response:
+    """Stream an output from the object store, passing an HTTP Range header through."""
+    byte_range = request.headers.get("Range")
+    try:
+        remote = media_store.open_output(task_id, name, byte_range)
+    except mediastore.MediaNotFound:
+        raise inputs.InvalidInput(
+            f"output {name!r} of task {task_id} is no longer in the media store", 404
+        ) from None
+    except mediastore.MediaStoreError as exc:
+        if byte_range and "InvalidRange" in str(exc):
+            raise inputs.InvalidInput(f"Range {byte_range!r} is outside the file", 416) from None
+        raise
+    response = Response(
+        stream_with_context(remote.chunks),
+        status=remote.status,
+        mimetype=remote.content_type,
+        direct_passthrough=True,
+    )
+    response.content_length = remote.length
+    response.headers["Accept-Ranges"] = "bytes"
+    if remote.content_range:
+        response.headers["Content-Range"] = remote.content_range
+    if remote.etag:
+        response.headers["ETag"] = remote.etag
+    if remote.last_modified is not None:
+        response.last_modified = remote.last_modified
+    return response

@@ -8,8 +8,8 @@ errors. Every write bumps ``seq``, a store-wide counter, so the event stream can
 Connections are pooled per process (SQLite connections must not cross a fork). WAL mode
 lets readers run while a worker writes.
 
-NOTE: the store is a local SQLite file, so workers on other machines need the same file on a
-shared disk, as they need ``MEDIA_ROOT``.
+WAL needs every process on one host, so producers and workers on several machines use
+:class:`scheduler.pgtaskstore.PostgresTaskStore` (``SCHEDULER_TASK_DB_URL``) instead.
 """
 
 from __future__ import annotations

@@ -6,13 +6,12 @@
 Every task records its progress in the task store. A message can be delivered more than
 once (acks are late, and a lost worker means redelivery), so each task starts with
 :meth:`TaskStore.start`, which refuses tasks that are cancelled or already finished, and
-writes its outputs into a scratch folder that is renamed into place only on success.
+writes its outputs into a scratch folder that the media store publishes only on success.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import shutil
 import time
@@ -22,7 +21,7 @@ from typing import Any
 from celery import Task, signals
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
-from scheduler import mailer, media, reports
+from scheduler import mailer, media, mediastore, reports
 from scheduler.celery_app import (
     CLEANUP_OUTPUTS,
     DISPATCH_DUE,
@@ -34,13 +33,13 @@ from scheduler.celery_app import (
 )
 from scheduler.config import EMBEDDED_BROKER_LIMITS, load_settings
 from scheduler.logfilters import quiet_housekeeping
+from scheduler.pgtaskstore import open_task_store
 from scheduler.publisher import BrokerUnavailable, Publisher
 from scheduler.taskstore import (
     CANCELLED,
     FAILED,
     RUNNING_STATES,
     SUCCEEDED,
-    TaskStore,
     isoformat,
 )
 
@@ -48,7 +47,8 @@ logger = logging.getLogger(__name__)
 
 settings = load_settings()
 celery_app = make_celery(settings)
-store = TaskStore(settings.task_db)
+store = open_task_store(settings)
+media_store = mediastore.open_media_store(settings)
 # The dispatcher runs every few seconds; its routine Celery lines go to DEBUG.
 quiet_housekeeping([DISPATCH_DUE])
 
@@ -71,19 +71,6 @@ def backoff(retries: int) -> float:
 def file_entries(task_id: str, names: list[str]) -> list[dict[str, str]]:
     """Return the ``files`` list of a result: each name with its download URL."""
     return [{"name": name, "url": f"/files/{task_id}/{name}"} for name in names]
-
-
-def _scratch_dir(task_id: str) -> Path:
-    path = settings.media_root / f".{task_id}.partial"
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    return path
-
-
-def _publish_outputs(task_id: str, scratch: Path) -> None:
-    final = settings.media_root / task_id
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(scratch, final)
 
 
 def begin(task: Task) -> bool:
@@ -139,6 +126,7 @@ def _record_retry(request: Any = None, reason: Any = None, **_: Any) -> None:
 
 @signals.worker_ready.connect
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    logger.info("media store: %s", media_store.describe())
     if settings.embedded_broker:
         logger.warning(EMBEDDED_BROKER_LIMITS)
     try:
@@ -158,7 +146,14 @@ def process_video(self: Task, upload: str, height: int, thumbnails: int) -> dict
     task_id = self.request.id
     if not begin(self):
         return {"skipped": True}
-    source = settings.uploads_dir / upload
+    with media_store.open_upload(upload, task_id) as source:
+        return _transcode_upload(self, source, upload, height, thumbnails)
+
+
+def _transcode_upload(
+    task: Task, source: Path, upload: str, height: int, thumbnails: int
+) -> dict[str, Any]:
+    task_id = task.request.id
     info = media.probe(source)
     logger.info(
         "task %s: transcoding %s (%dx%d, %.1f s) to %dp",
@@ -169,7 +164,7 @@ def process_video(self: Task, upload: str, height: int, thumbnails: int) -> dict
         info.duration,
         height,
     )
-    scratch = _scratch_dir(task_id)
+    scratch = media_store.scratch_dir(task_id)
     last_write = 0.0
 
     def on_progress(done: int, expected: int) -> bool:
@@ -194,15 +189,15 @@ def process_video(self: Task, upload: str, height: int, thumbnails: int) -> dict
         )
     except media.TranscodeCancelled:
         shutil.rmtree(scratch, ignore_errors=True)
-        source.unlink(missing_ok=True)
         store.finish(task_id, CANCELLED, message="cancelled while transcoding")
+        _discard_upload(task_id, upload)
         logger.info("task %s cancelled while transcoding", task_id)
         return {"cancelled": True}
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
 
-    _publish_outputs(task_id, scratch)
+    media_store.publish_outputs(task_id, scratch)
     result = {
         "files": file_entries(task_id, [output.video, *output.thumbnails]),
         "source": info.to_json(),
@@ -217,11 +212,19 @@ def process_video(self: Task, upload: str, height: int, thumbnails: int) -> dict
     store.finish(task_id, SUCCEEDED, message="done", result=result)
     # The upload goes only after the success is recorded: a worker lost in between leaves a
     # redelivery that start() skips, instead of one that fails on a missing upload.
-    source.unlink(missing_ok=True)
+    _discard_upload(task_id, upload)
     logger.info(
         "task %s: wrote %s and %d thumbnails", task_id, output.video, len(output.thumbnails)
     )
     return result
+
+
+def _discard_upload(task_id: str, upload: str) -> None:
+    """Delete the upload of a finished task; a failure is logged, and cleanup retries it."""
+    try:
+        media_store.delete_upload(upload)
+    except mediastore.MediaStoreError as exc:
+        logger.error("task %s: could not delete its upload %s: %s", task_id, upload, exc)
 
 
 @celery_app.task(
@@ -238,9 +241,9 @@ def generate_report(self: Task, since: float | None, until: float | None) -> dic
     records = [r for r in store.between(since, until) if r.id != task_id]
     store.progress(task_id, 50.0, f"summarising {len(records)} tasks")
     period = f"from {_describe(since, 'the beginning')} until {_describe(until, 'now')}"
-    scratch = _scratch_dir(task_id)
+    scratch = media_store.scratch_dir(task_id)
     summary = reports.build_report(records, scratch, period)
-    _publish_outputs(task_id, scratch)
+    media_store.publish_outputs(task_id, scratch)
     result = {
         "files": file_entries(task_id, [reports.HTML_NAME, reports.CSV_NAME]),
         "tasks": summary.tasks,
@@ -389,17 +392,14 @@ def cleanup_outputs() -> int:
     cutoff = time.time() - settings.output_retention_days * 86400
     removed = 0
     for record in store.finished_before(cutoff):
-        folder = settings.media_root / record.id
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            store.expire_outputs(record.id)
-            removed += 1
         shutil.rmtree(settings.outbox / record.id, ignore_errors=True)
-    uploads = settings.uploads_dir
-    if uploads.exists():
-        for path in uploads.iterdir():
-            if path.stat().st_mtime < cutoff:
-                path.unlink(missing_ok=True)
+        if not (record.result or {}).get("files"):
+            continue
+        # The API stops listing the files before they go, so no client follows a dead link.
+        store.expire_outputs(record.id)
+        media_store.delete_outputs(record.id)
+        removed += 1
+    media_store.delete_uploads_before(cutoff)
     logger.info(
         "cleanup removed the outputs of %d tasks older than %d days",
         removed,

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from kombu import Connection
@@ -27,11 +28,15 @@ from scheduler import media
 from scheduler.config import Settings, load_settings
 from scheduler.producer import create_app
 from scheduler.sqlite_broker import register as register_sqlite_broker
+from tests.conftest import _unavailable, tcp_reachable
+from tests.scheduler.producer_process import ProducerProcess
+from tests.scheduler.s3_server import MotoServer
 
 SCHEDULER_DIR = repo_root() / "scheduler"
 WORKER_READY_TIMEOUT = 60.0
 # Generous limits so only the rate-limit tests ever see a 429.
 NO_RATE_LIMIT = "100000/second, burst 100000"
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def scheduler_environ(tmp: Path, broker_url: str, prefix: str) -> dict[str, str]:
@@ -59,6 +64,38 @@ def clip_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("clips") / "clip.mp4"
     media.generate_clip(path, seconds=3.0, width=640, height=360)
     return path
+
+
+@pytest.fixture
+def task_db_url(unique_prefix: str) -> Iterator[str]:
+    """URL of a new PostgreSQL schema for one test's task store, dropped afterwards."""
+    import psycopg
+
+    parts = urlsplit(POSTGRES_URL)
+    if not tcp_reachable(parts.hostname or "127.0.0.1", parts.port or 5432):
+        _unavailable(f"PostgreSQL is not reachable at {parts.hostname}:{parts.port or 5432}")
+    schema = unique_prefix.replace("-", "_")
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
+        connection.execute(f'CREATE SCHEMA "{schema}"')
+    yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
+        connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoServer]:
+    """moto's S3 server on a free loopback port, shared by the session's tests."""
+    server = MotoServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_media_env(s3_server: MotoServer, unique_prefix: str) -> dict[str, str]:
+    """Variables that put the scheduler's media in a new bucket of the moto server."""
+    bucket = unique_prefix.lower()
+    s3_server.client().create_bucket(Bucket=bucket)
+    return s3_server.environ(bucket)
 
 
 @pytest.fixture
@@ -213,6 +250,23 @@ def start_worker() -> Iterator[Callable[..., WorkerProcess]]:
     yield start
     for worker in workers:
         worker.stop()
+
+
+@pytest.fixture
+def start_producer() -> Iterator[Callable[..., ProducerProcess]]:
+    """Return a function that starts ``python app.py`` on a free port; all stop after the test."""
+    producers: list[ProducerProcess] = []
+
+    def start(env: dict[str, str], name: str = "producer", wait: bool = True) -> ProducerProcess:
+        producer = ProducerProcess(env, f"{name}-{len(producers)}")
+        producers.append(producer)
+        if wait:
+            producer.wait_ready()
+        return producer
+
+    yield start
+    for producer in producers:
+        producer.stop()
 
 
 def make_client(env: dict[str, str]):  # noqa: ANN201 - FlaskClient
