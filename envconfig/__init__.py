@@ -35,7 +35,7 @@ class ConfigError(ValueError):
 
 
 def repo_root() -> Path:
-    """Return the repository root: the folder that holds ``pyproject.toml``."""
+    """Return the repository root: the folder that contains ``pyproject.toml``."""
     return Path(__file__).resolve().parent.parent
 
 

@@ -48,7 +48,7 @@ def tcp_reachable(host: str, port: int, timeout: float = 1.0) -> bool:
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    """URL of the real Redis server; skips or fails when it does not answer."""
+    """URL of the real Redis server; skips or fails when it is unreachable."""
     if not tcp_reachable(REDIS_HOST, REDIS_PORT):
         _unavailable(f"Redis is not reachable at {REDIS_HOST}:{REDIS_PORT}")
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
@@ -56,7 +56,7 @@ def redis_url() -> str:
 
 @pytest.fixture(scope="session")
 def rabbitmq_url() -> str:
-    """AMQP URL of the real RabbitMQ server; skips or fails when it does not answer."""
+    """AMQP URL of the real RabbitMQ server; skips or fails when it is unreachable."""
     if not tcp_reachable(RABBITMQ_HOST, RABBITMQ_PORT):
         _unavailable(f"RabbitMQ is not reachable at {RABBITMQ_HOST}:{RABBITMQ_PORT}")
     return f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}//"
@@ -64,7 +64,7 @@ def rabbitmq_url() -> str:
 
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
-    """URL of the real PostgreSQL database ``test``; skips or fails when it does not answer.
+    """URL of the real PostgreSQL database ``test``; skips or fails when it is unreachable.
 
     Tests isolate themselves with a schema or table names derived from ``unique_prefix``.
     """
