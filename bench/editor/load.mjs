@@ -10,7 +10,8 @@
 // typist:   one client syncs and prints {"ready": true}. On the stdin line `go` it appends
 //           `rate` characters per second for `seconds` and prints the send time of each.
 // peers:    `clients` clients sync and print {"ready": true}, then record the receipt time
-//           of every character. On the stdin line `report` they print those times and a
+//           of every character. On the stdin line `report <hash>` they wait until every
+//           client's text has that hash (60 s at most), then print the receipt times and a
 //           hash of each client's text, for the convergence check.
 // idle:     every client syncs, prints {"ready": true}, and stays connected `holdSeconds`.
 // newcomer: one client writes a document of `documentBytes`, then `newcomers` fresh clients
@@ -35,6 +36,7 @@ import * as Y from 'yjs'
 
 const options = JSON.parse(process.argv[2])
 const SYNC_TIMEOUT_MS = 120_000
+const CONVERGE_TIMEOUT_MS = 60_000
 
 /** Milliseconds of CLOCK_MONOTONIC, comparable between processes of this machine. */
 const monotonicMs = () => Number(process.hrtime.bigint()) / 1e6
@@ -198,13 +200,14 @@ function percentile (sorted, p) {
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]
 }
 
-/** Resolves with the next stdin line equal to `word`. */
+/** Resolves with the argument of the next stdin line whose first word is `word`. */
 function nextCommand (word) {
   return new Promise((resolve) => {
     lines.on('line', function listener (line) {
-      if (line.trim() !== word) return
+      const [first, argument = ''] = line.trim().split(' ', 2)
+      if (first !== word) return
       lines.off('line', listener)
-      resolve()
+      resolve(argument)
     })
   })
 }
@@ -234,8 +237,13 @@ async function peers () {
   const { clients, connectMs } = await connectAll(options.clients, options.firstIndex)
   for (const client of clients) client.startRecording()
   report({ ready: true, connectMs })
-  await nextCommand('report')
-  await new Promise((resolve) => setImmediate(resolve)) // after the inbox drains
+  // `report <hash>`: wait up to CONVERGE_TIMEOUT_MS for every text to hash to <hash>, so
+  // that late edits are still checked for loss and duplication.
+  const expected = await nextCommand('report')
+  const deadline = performance.now() + CONVERGE_TIMEOUT_MS
+  while (clients.some((client) => client.textHash() !== expected) && performance.now() < deadline) {
+    await sleep(100)
+  }
   report({
     arrivals: clients.map((client) => client.arrivals),
     texts: clients.map((client) => client.textHash())
