@@ -64,6 +64,9 @@ class Client {
     })
     // Set by startRecording: arrivals[k] is the receipt time of the k-th appended character.
     this.arrivals = null
+    // Why the server closed the connection, if it did before close() was called.
+    this.lostReason = null
+    this.closing = false
   }
 
   startRecording () {
@@ -122,6 +125,7 @@ class CodeCollabClient extends Client {
     })
     this.socket.on('connect', () => this.socket.emit('sync', this.step1()))
     this.socket.on('connect_error', (error) => fail(`connect_error: ${error.message}`))
+    this.socket.on('disconnect', (reason) => { if (!this.closing) this.lostReason = reason })
     return this.synced
   }
 
@@ -129,7 +133,10 @@ class CodeCollabClient extends Client {
     this.socket.emit('sync', this.updateMessage(update))
   }
 
-  close () { this.socket.close() }
+  close () {
+    this.closing = true
+    this.socket.close()
+  }
 }
 
 /** A y-websocket client: every message starts with varUint(0) for sync. */
@@ -145,6 +152,7 @@ class PeerClient extends Client {
       this.receive(message.subarray(1), receivedAt, (reply) => this.ws.send(withSyncPrefix(reply)))
     })
     this.ws.on('error', (error) => fail(`websocket error: ${error.message}`))
+    this.ws.on('close', (code) => { if (!this.closing) this.lostReason = `close code ${code}` })
     return this.synced
   }
 
@@ -152,7 +160,10 @@ class PeerClient extends Client {
     if (this.ws.readyState === WebSocket.OPEN) this.ws.send(withSyncPrefix(this.updateMessage(update)))
   }
 
-  close () { this.ws.close() }
+  close () {
+    this.closing = true
+    this.ws.close()
+  }
 }
 
 function withSyncPrefix (message) {
@@ -228,7 +239,7 @@ async function typist () {
     sent.push(monotonicMs())
     client.text.insert(client.text.length, String.fromCharCode(97 + (k % 26)))
   }
-  report({ sent, text: client.textHash() })
+  report({ sent, text: client.textHash(), disconnected: client.lostReason })
   await nextCommand('close')
   client.close()
 }
@@ -237,16 +248,18 @@ async function peers () {
   const { clients, connectMs } = await connectAll(options.clients, options.firstIndex)
   for (const client of clients) client.startRecording()
   report({ ready: true, connectMs })
-  // `report <hash>`: wait up to CONVERGE_TIMEOUT_MS for every text to hash to <hash>, so
-  // that late edits are still checked for loss and duplication.
+  // `report <hash>`: wait up to CONVERGE_TIMEOUT_MS for every connected client's text to hash
+  // to <hash>, so that late edits are still checked for loss and duplication.
   const expected = await nextCommand('report')
   const deadline = performance.now() + CONVERGE_TIMEOUT_MS
-  while (clients.some((client) => client.textHash() !== expected) && performance.now() < deadline) {
+  const behind = () => clients.some((client) => client.lostReason === null && client.textHash() !== expected)
+  while (behind() && performance.now() < deadline) {
     await sleep(100)
   }
   report({
     arrivals: clients.map((client) => client.arrivals),
-    texts: clients.map((client) => client.textHash())
+    texts: clients.map((client) => client.textHash()),
+    lost: clients.map((client) => client.lostReason)
   })
   await nextCommand('close')
   for (const client of clients) client.close()
