@@ -17,7 +17,7 @@ from geventwebsocket.websocket import Header, WebSocket
 from codecollab.fanout import DirectFanout, encode_event_frames
 from codecollab.yprotocol import decode_sync_message
 
-from .conftest import ServerProcess
+from .conftest import ServerFactory
 from .rawsocket import RawSocketIOClient
 from .yclient import YClient, unique_session, wait_until
 
@@ -94,15 +94,18 @@ def receive_large_updates(client: RawSocketIOClient, count: int, timeout: float)
     return updates
 
 
-def test_fanout_peer_that_stops_reading(shared_editor: ServerProcess) -> None:
+def test_fanout_peer_that_stops_reading(start_editor: ServerFactory) -> None:
+    # Pings far apart: the slow peer answers pings only once it reads again, and a loaded
+    # machine can delay the other clients' answers by more than a second.
+    editor = start_editor(CODECOLLAB_PING_INTERVAL="25", CODECOLLAB_PING_TIMEOUT="20")
     session = unique_session()
-    writer = YClient(shared_editor.url, session).connect()
+    writer = YClient(editor.url, session).connect()
     slow = RawSocketIOClient(
-        shared_editor.port,
+        editor.port,
         {"session": session, "clientId": "slow-reader", "name": "slow"},
         sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),),
     )
-    fast = YClient(shared_editor.url, session).connect()
+    fast = YClient(editor.url, session).connect()
     # 200 updates of 16 kB, each deleted again to stay under the document cap: more than the
     # kernel buffers of a peer that reads nothing, so its writes wait and later relays queue.
     chunk = "x" * 16000
