@@ -14,6 +14,13 @@ For each transport, in one run and in separate processes:
   consumer records the time from publish to receipt (p50, p95, max, in ms).
 - idle CPU: the consumer waits on an empty queue for ``--idle-seconds``; its CPU time over that
   wall time.
+- Celery worker idle CPU (SQLite broker only): a worker with one prefork pool process, no tasks,
+  for ``--worker-idle-seconds``; the CPU time of the worker and its pool process over that wall
+  time.
+
+The SQLite broker with ``synchronous=NORMAL`` runs twice: with kombu's blocking
+``drain_events`` loop, as a plain kombu consumer or a gevent worker uses it, and on a kombu hub
+(event loop), as a Celery worker with the prefork, threads or solo pool uses it.
 
 The virtual transports (SQLite, filesystem, SQLAlchemy) all poll every 50 ms here; kombu's
 default for the other two is 1 s, which would add up to a second of latency. RabbitMQ pushes
@@ -26,23 +33,31 @@ from __future__ import annotations
 import argparse
 import contextlib
 import multiprocessing
+import os
 import platform
 import queue as queue_module
 import resource
+import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import celery
 import kombu
 from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu.asynchronous import Hub
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
 
 from scheduler.sqlite_broker import register  # noqa: E402
 
@@ -61,6 +76,7 @@ class Target:
     name: str
     url: str
     options: dict[str, Any]
+    event_loop: bool = False  # consume on a kombu hub instead of blocking drain_events()
 
 
 def make_targets(folder: Path, names: list[str]) -> list[Target]:
@@ -69,6 +85,12 @@ def make_targets(folder: Path, names: list[str]) -> list[Target]:
     all_targets = [
         Target(
             "sqlite (synchronous=NORMAL, default)", f"sqlite:///{folder / 'normal.sqlite3'}", {}
+        ),
+        Target(
+            "sqlite (synchronous=NORMAL, event loop)",
+            f"sqlite:///{folder / 'evented.sqlite3'}",
+            {},
+            event_loop=True,
         ),
         Target(
             "sqlite (synchronous=FULL)",
@@ -124,22 +146,45 @@ def consume(
 
     with connect(target) as conn, Consumer(conn, [queue], callbacks=[on_message]) as consumer:
         consumer.qos(prefetch_count=10)
+        wait = hub_waiter(conn) if target.event_loop else blocking_waiter(conn)
         ready.set()
         deadline = time.monotonic() + DEADLINE
         while len(latencies) < count and time.monotonic() < deadline:
-            with contextlib.suppress(TimeoutError, socket.timeout):
-                conn.drain_events(timeout=1)
+            wait(1.0)
 
         idle_seconds = control.get()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu_before = usage.ru_utime + usage.ru_stime
         idle_end = time.monotonic() + idle_seconds
         while time.monotonic() < idle_end:
-            with contextlib.suppress(TimeoutError, socket.timeout):
-                conn.drain_events(timeout=max(0.01, idle_end - time.monotonic()))
+            wait(max(0.01, idle_end - time.monotonic()))
         usage = resource.getrusage(resource.RUSAGE_SELF)
         idle_cpu = (usage.ru_utime + usage.ru_stime - cpu_before) / idle_seconds
     results.put((latencies, last[0], idle_cpu))
+
+
+def blocking_waiter(conn: Connection) -> Callable[[float], None]:
+    """Return a function that delivers messages for up to its argument in seconds."""
+
+    def wait(seconds: float) -> None:
+        with contextlib.suppress(TimeoutError, socket.timeout):
+            conn.drain_events(timeout=seconds)
+
+    return wait
+
+
+def hub_waiter(conn: Connection) -> Callable[[float], None]:
+    """Like :func:`blocking_waiter`, but turns a kombu hub, as Celery's worker does."""
+    hub = Hub()
+    conn.transport.register_with_event_loop(conn.connection, hub)
+    loop = hub.create_loop()
+
+    def wait(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            next(loop)
+
+    return wait
 
 
 def produce(target: Target, queue_name: str, count: int, rate: float | None) -> float:
@@ -216,6 +261,58 @@ def cleanup(target: Target, queue_name: str) -> None:
         channel.exchange_delete(queue_name)
 
 
+WORKER_SCRIPT = """
+import sys
+sys.path.insert(0, {repo!r})
+from celery import Celery
+from scheduler.sqlite_broker import register
+register()
+app = Celery("bench", broker={url!r})
+app.conf.broker_transport_options = {{"polling_interval": {interval!r}}}
+app.worker_main(["worker", "-P", "prefork", "-c", "1", "-Q", "bench-idle", "--loglevel=WARNING",
+                 "--without-mingle", "--without-gossip", "--without-heartbeat"])
+"""
+# Seconds a started worker gets to declare its queues and settle before the measurement.
+WORKER_SETTLE = 5.0
+
+
+def process_tree_cpu(pid: int) -> float:
+    """Return the CPU seconds used so far by process ``pid`` and its direct children."""
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(child) for child in children.read_text().split()]
+    ticks = 0
+    for each in pids:
+        with contextlib.suppress(OSError):
+            # utime and stime follow the command name, which is in parentheses.
+            fields = Path(f"/proc/{each}/stat").read_text().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def worker_idle_cpu(folder: Path, seconds: float) -> float:
+    """Return the idle CPU of a Celery prefork worker on the SQLite broker, as a core fraction."""
+    url = f"sqlite:///{folder / 'worker.sqlite3'}"
+    script = WORKER_SCRIPT.format(repo=str(REPO_ROOT), url=url, interval=POLLING_INTERVAL)
+    worker = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], cwd=folder)
+    try:
+        time.sleep(WORKER_SETTLE)
+        if worker.poll() is not None:
+            raise RuntimeError(f"the Celery worker exited with code {worker.returncode}")
+        cpu_before, start = process_tree_cpu(worker.pid), time.monotonic()
+        time.sleep(seconds)
+        cpu_after, end = process_tree_cpu(worker.pid), time.monotonic()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+    return (cpu_after - cpu_before) / (end - start)
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -235,6 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-messages", type=int, default=300, help="paced messages")
     parser.add_argument("--rate", type=float, default=50.0, help="paced messages per second")
     parser.add_argument("--idle-seconds", type=float, default=5.0, help="idle CPU window")
+    parser.add_argument(
+        "--worker-idle-seconds",
+        type=float,
+        default=10.0,
+        help="idle CPU window of the Celery worker on the SQLite broker; 0 skips it",
+    )
     parser.add_argument(
         "--only",
         nargs="+",
@@ -281,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
                     crashes,
                 )
             )
+        worker_cpu = None
+        if "sqlite" in args.only and args.worker_idle_seconds > 0:
+            print("running a Celery worker on the SQLite broker ...", file=sys.stderr)
+            worker_folder = Path(folder) / "worker"
+            worker_folder.mkdir()
+            worker_cpu = worker_idle_cpu(worker_folder, args.worker_idle_seconds)
 
     print(
         f"\nPython {platform.python_version()}, kombu {kombu.__version__}, "
@@ -304,6 +413,11 @@ def main(argv: list[str] | None = None) -> int:
     for ours in [name for name in by_name if name.startswith("sqlite")]:
         for other in [name for name in by_name if not name.startswith("sqlite")]:
             print(f"{ours} / {other}: {by_name[ours] / by_name[other]:.2f}x messages/s")
+    if worker_cpu is not None:
+        print(
+            f"\nCelery {celery.__version__} worker on the SQLite broker (prefork, 1 pool process), "
+            f"idle for {args.worker_idle_seconds:.0f} s: {worker_cpu * 100:.1f} % of a core"
+        )
     return 0
 
 
