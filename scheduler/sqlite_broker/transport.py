@@ -15,7 +15,7 @@ and stores everything that must outlive a process or be seen by other processes 
 The transport declares itself asynchronous, so a Celery worker runs its non-blocking event loop
 (a kombu hub) on it, as on RabbitMQ. SQLite has no socket to watch, so
 :meth:`Transport.register_with_event_loop` polls the consumed queues from a hub timer every
-``polling_interval`` seconds, and at once after an ack or reject frees room for the next message.
+``polling_interval`` seconds, and again right after an ack or reject frees room for a message.
 For the prefork pool this matters beyond speed: only with the event loop does Celery use
 billiard's ``AsynPool``, which gives each pool process its own pipe. The blocking pool that
 Celery uses otherwise makes its idle processes share one lock on the task pipe, and a process
@@ -54,7 +54,6 @@ logger = logging.getLogger(__name__)
 
 # Maximum number of messages that one claim statement leases to a consumer with room for more.
 MAX_CLAIM_BATCH = 16
-
 
 # Paths whose start-up was already logged at INFO level by this process. Celery opens several
 # connections per worker, and one line per file is enough for an operator.
@@ -448,6 +447,7 @@ class Transport(virtual.Transport):
         self._poll_timer: Any = None
         self._poll_requested = False
         self._poll_requested_lock = threading.Lock()
+        self._polling = False  # True while _poll() delivers, in the loop's thread
 
     def establish_connection(self) -> Any:
         store = Store(
@@ -526,6 +526,9 @@ class Transport(virtual.Transport):
         loop = self._loop
         if loop is None:
             return
+        if self._polling and threading.get_ident() == self._loop_thread:
+            # An ack in a consumer's callback during a poll: that poll goes on delivering.
+            return
         with self._poll_requested_lock:
             if self._poll_requested:
                 return
@@ -547,17 +550,22 @@ class Transport(virtual.Transport):
         # Runs in the event loop's thread. A connection error propagates out of the loop,
         # and Celery reconnects, as when the socket of another transport fails.
         connection = self._loop_connection
-        if connection is None:
+        if connection is None or self._polling:
             return
-        # Celery's prefetch limit stops the deliveries early. A consumer that acks within its
-        # callback could keep this loop busy, so after polling_interval seconds the loop gets
-        # a turn for its other work and the poll continues after it.
+        # Celery's prefetch limit ends a poll after a few deliveries. A consumer that acks in
+        # its callback could keep one poll going while producers publish, so a poll stops
+        # after polling_interval seconds and requests the next one, which lets the hub's other
+        # due timers run in between.
         deadline = time.monotonic() + self.polling_interval
-        while time.monotonic() < deadline:
-            try:
-                self.drain_events(connection, timeout=0)
-            except TimeoutError:
-                return
+        self._polling = True
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    self.drain_events(connection, timeout=0)
+                except TimeoutError:
+                    return
+        finally:
+            self._polling = False
         self.request_poll()
 
     def close_connection(self, connection: Any) -> None:
