@@ -9,7 +9,8 @@ For each transport, in one run and in separate processes:
 
 - throughput: one producer publishes ``--messages`` messages as fast as it can while one consumer
   receives and acks each; messages/s is the count over the time from the first publish to the
-  last ack.
+  last ack. The consumer's CPU time from its start to the last ack, per message, varies less
+  than messages/s on a shared machine.
 - latency: the producer publishes ``--latency-messages`` messages at ``--rate`` per second; the
   consumer records the time from publish to receipt (p50, p95, max, in ms).
 - idle CPU: the consumer waits on an empty queue for ``--idle-seconds``; its CPU time over that
@@ -148,19 +149,25 @@ def consume(
         consumer.qos(prefetch_count=10)
         wait = hub_waiter(conn) if target.event_loop else blocking_waiter(conn)
         ready.set()
+        cpu_start = cpu_seconds()
         deadline = time.monotonic() + DEADLINE
         while len(latencies) < count and time.monotonic() < deadline:
             wait(1.0)
+        busy_cpu = cpu_seconds() - cpu_start
 
         idle_seconds = control.get()
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        cpu_before = usage.ru_utime + usage.ru_stime
+        cpu_before = cpu_seconds()
         idle_end = time.monotonic() + idle_seconds
         while time.monotonic() < idle_end:
             wait(max(0.01, idle_end - time.monotonic()))
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        idle_cpu = (usage.ru_utime + usage.ru_stime - cpu_before) / idle_seconds
-    results.put((latencies, last[0], idle_cpu))
+        idle_cpu = (cpu_seconds() - cpu_before) / idle_seconds
+    results.put((latencies, last[0], busy_cpu, idle_cpu))
+
+
+def cpu_seconds() -> float:
+    """Return the user and system CPU time of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def blocking_waiter(conn: Connection) -> Callable[[float], None]:
@@ -209,8 +216,9 @@ def produce(target: Target, queue_name: str, count: int, rate: float | None) -> 
 
 def run_phase(
     target: Target, count: int, rate: float | None, idle_seconds: float
-) -> tuple[float, list[float], float]:
-    """Return messages/s, latencies in seconds, and idle CPU as a fraction of one core."""
+) -> tuple[float, list[float], float, float]:
+    """Return messages/s, latencies in seconds, consumer CPU seconds per message, and idle CPU
+    as a fraction of one core."""
     ctx = multiprocessing.get_context("spawn")
     queue_name = f"bench-{uuid.uuid4().hex[:10]}"
     ready = ctx.Event()
@@ -226,14 +234,14 @@ def run_phase(
     start = produce(target, queue_name, count, rate)
     control.put(idle_seconds)
     try:
-        latencies, last, idle_cpu = wait_result(consumer, results)
+        latencies, last, busy_cpu, idle_cpu = wait_result(consumer, results)
     finally:
         consumer.join(30)
         cleanup(target, queue_name)
     if len(latencies) < count:
         raise RuntimeError(f"{target.name}: only {len(latencies)} of {count} messages arrived")
     per_second = count / (last - start)
-    return per_second, latencies, idle_cpu
+    return per_second, latencies, busy_cpu / count, idle_cpu
 
 
 class ConsumerCrashed(RuntimeError):
@@ -295,7 +303,10 @@ def worker_idle_cpu(folder: Path, seconds: float) -> float:
     """Return the idle CPU of a Celery prefork worker on the SQLite broker, as a core fraction."""
     url = f"sqlite:///{folder / 'worker.sqlite3'}"
     script = WORKER_SCRIPT.format(repo=str(REPO_ROOT), url=url, interval=POLLING_INTERVAL)
-    worker = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], cwd=folder)
+    # stdout carries only Celery's start-up banner; warnings and errors go to stderr.
+    worker = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)], cwd=folder, stdout=subprocess.DEVNULL
+    )
     try:
         time.sleep(WORKER_SETTLE)
         if worker.poll() is not None:
@@ -362,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                 attempt_folder.mkdir()
                 target = make_targets(attempt_folder, args.only)[index]
                 try:
-                    per_second, _, _ = run_phase(target, args.messages, None, 0.01)
-                    _, latencies, idle_cpu = run_phase(
+                    per_second, _, cpu_per_message, _ = run_phase(target, args.messages, None, 0.01)
+                    _, latencies, _, idle_cpu = run_phase(
                         target, args.latency_messages, args.rate, args.idle_seconds
                     )
                     break
@@ -371,12 +382,13 @@ def main(argv: list[str] | None = None) -> int:
                     crashes += 1
                     print(f"{target.name}: consumer crashed ({exc}); retrying", file=sys.stderr)
             else:
-                rows.append((name, float("nan"), 0, 0, 0, 0, crashes))
+                rows.append((name, float("nan"), 0, 0, 0, 0, 0, crashes))
                 continue
             rows.append(
                 (
                     target.name,
                     per_second,
+                    cpu_per_message * 1e6,
                     statistics.median(latencies) * 1000,
                     percentile(latencies, 0.95) * 1000,
                     max(latencies) * 1000,
@@ -398,14 +410,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.latency_messages} at {args.rate:.0f}/s for latency\n"
     )
     print(
-        "| transport | messages/s | latency p50 ms | p95 ms | max ms | idle CPU % "
-        "| consumer crashes |"
+        "| transport | messages/s | consumer CPU µs/message | latency p50 ms | p95 ms | max ms "
+        "| idle CPU % | consumer crashes |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, per_second, p50, p95, worst, idle, crashes in rows:
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, per_second, cpu_us, p50, p95, worst, idle, crashes in rows:
         print(
-            f"| {name} | {per_second:.0f} | {p50:.1f} | {p95:.1f} | {worst:.1f} | {idle:.1f} "
-            f"| {crashes} |"
+            f"| {name} | {per_second:.0f} | {cpu_us:.0f} | {p50:.1f} | {p95:.1f} | {worst:.1f} "
+            f"| {idle:.1f} | {crashes} |"
         )
 
     by_name = {row[0]: row[1] for row in rows}
