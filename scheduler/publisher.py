@@ -142,6 +142,8 @@ class Publisher:
                     record.params,
                     argsrepr="()",
                     kwargsrepr=kwargs_repr(record.params),
+                    # None leaves storing the result to the worker's task_ignore_result.
+                    ignore_result=None,
                 )
                 amqp.send_task_message(
                     producer, name, message, retry=False, declare=[], **self._routes[name]
