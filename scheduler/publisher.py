@@ -172,10 +172,3 @@ class Publisher:
         except _BROKER_ERRORS as exc:
             return str(exc)
         return None
-
-    def close(self) -> None:
-        """Close the idle broker connections; a later publish opens new ones."""
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for link in idle:
-            link.connection.release()
