@@ -5,7 +5,10 @@ import { postJson, uploadVideo } from "./api.js";
 
 const MIB = 1024 * 1024;
 
-function formatMegabytes(bytes) {
+/** Formats a byte count for the upload progress line: bytes, KB below 1 MB, then MB. */
+function formatSize(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < MIB) return `${(bytes / 1024).toFixed(0)} KB`;
   return `${(bytes / MIB).toFixed(1)} MB`;
 }
 
@@ -108,7 +111,7 @@ function wireVideoForm(form, { maxUploadMb, onAccepted }) {
       fileName.textContent = "No file chosen";
       return;
     }
-    fileName.textContent = `${file.name} (${formatMegabytes(file.size)})`;
+    fileName.textContent = `${file.name} (${formatSize(file.size)})`;
     if (file.size > maxUploadMb * MIB) {
       status.show(`This file is larger than the ${maxUploadMb} MB limit.`, "error");
     } else {
@@ -157,7 +160,7 @@ function wireVideoForm(form, { maxUploadMb, onAccepted }) {
       const percent = total > 0 ? (loaded / total) * 100 : 0;
       progressBar.style.width = `${percent}%`;
       progressBar.parentElement.setAttribute("aria-valuenow", percent.toFixed(0));
-      progressText.textContent = `${formatMegabytes(loaded)} of ${formatMegabytes(total)} (${percent.toFixed(0)}%)`;
+      progressText.textContent = `${formatSize(loaded)} of ${formatSize(total)} (${percent.toFixed(0)}%)`;
     });
     try {
       const accepted = await upload.promise;
