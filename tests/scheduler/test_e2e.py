@@ -147,27 +147,8 @@ def _pool_children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
-@pytest.mark.parametrize(
-    "env_fixture",
-    [
-        "rabbit_env",
-        pytest.param(
-            "embedded_env",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "the SQLite transport is not asynchronous, so Celery runs the blocking"
-                    " prefork pool, whose idle processes share one read lock on the task pipe;"
-                    " a process killed while holding it stops the worker for good"
-                ),
-            ),
-        ),
-    ],
-)
-def test_idle_pool_process_killed(
-    request: pytest.FixtureRequest, env_fixture: str, start_worker, clip_path: Path
-) -> None:
-    env = request.getfixturevalue(env_fixture)
+def test_idle_pool_process_killed(broker_env, start_worker, clip_path: Path) -> None:
+    env = broker_env
     _, _, client = make_client(env)
     worker = start_worker(env)
     [child] = _pool_children(worker.process.pid)
