@@ -130,7 +130,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         threads=env_int("SCHEDULER_THREADS", 64, minimum=1, maximum=1000, environ=environ),
         broker_url=env_str("CELERY_BROKER_URL", default_broker, environ),
         result_backend=env_str("CELERY_RESULT_BACKEND", default_backend, environ),
-        store_results=env_bool("CELERY_STORE_RESULTS", False, environ),
+        store_results=env_bool("CELERY_STORE_RESULTS", True, environ),
         media_root=_resolve(env_str("MEDIA_ROOT", "var/media", environ)),
         task_db=_resolve(env_str("SCHEDULER_TASK_DB", str(state_dir / "tasks.db"), environ)),
         outbox=_resolve(env_str("SCHEDULER_OUTBOX", "var/outbox", environ)),
