@@ -31,6 +31,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from scheduler.config import Settings
+from scheduler.result_backend import backend_url
 from scheduler.sqlite_broker import register as register_sqlite_broker
 
 logger = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def make_celery(settings: Settings, *, producer: bool = False) -> Celery:
     video_queue, io_queue = settings.video_queue, settings.io_queue
     app.conf.update(
         broker_url=settings.broker_url,
-        result_backend=settings.result_backend,
+        result_backend=backend_url(settings.result_backend),
         broker_transport_options=transport_options,
         broker_connection_timeout=settings.publish_timeout,
         broker_connection_retry_on_startup=True,
