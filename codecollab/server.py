@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntit
 from codecollab.cluster import ClusterNode
 from codecollab.config import Settings, load_settings
 from codecollab.documents import RoomManager, RoomSettings
+from codecollab.engineio_setup import configure_engineio
 from codecollab.log_setup import WSGI_LOGGER, configure_logging
 from codecollab.scale_out import (
     ClusterUnavailable,
@@ -170,6 +171,8 @@ def create_server(settings: Settings) -> EditorServer:
         engineio_logger=False,
         **socketio_cluster_options(settings),
     )
+    # Without this, long-polling clients lose relayed edits and their own large batches.
+    configure_engineio(socketio.server.eio)
 
     store = open_store(settings)
     rooms = RoomManager(
