@@ -8,8 +8,8 @@ and hands the same ``engineio.packet.Packet`` objects to every recipient. python
 caches a packet's first encoding whatever the transport asked for: raw bytes for a WebSocket
 frame, or ``b`` plus base64 text in a polling payload. When a broadcast reaches peers on both
 transports, the second transport gets the first one's encoding. A polling response that meets
-cached bytes fails with ``TypeError``, its packets are lost and the client drops the
-connection; a WebSocket peer that comes second gets base64 text in place of a binary frame.
+cached bytes fails with ``TypeError``, so its packets are lost and the client drops the
+connection. A WebSocket peer that comes second gets base64 text in place of a binary frame.
 Every relayed edit and awareness update is such a broadcast.
 
 Packets per POST: python-engineio rejects a polling request body with more than 16 packets
@@ -28,10 +28,11 @@ from typing import Any
 import engineio.packet
 import engineio.payload
 
-# Packets accepted in one long-polling request body: 250 binary events, far above what a
-# client queues during one request. The per-connection message rate limit and the byte limit
-# (max_http_buffer_size) still bound the work; python-socketio runs the handlers one at a time
-# (async_handlers=False), so a large body starts no extra greenlets.
+# Packets accepted in one long-polling request body: 250 binary events, an estimate far above
+# what a client queues during one request. The per-connection message rate limit and the byte
+# limit (max_http_buffer_size) still bound the work. python-socketio runs the handlers one at a
+# time (async_handlers=False), so a large body starts no extra greenlets.
+# NOTE: a body above this limit is still dropped whole, with status 200, by python-engineio.
 MAX_PACKETS_PER_REQUEST = 500
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.codecollab.blocking_proxy import WebSocketBlockingProxy
+
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -613,3 +615,27 @@ def test_offline_edits_resent(open_tab, session_url):
     assert offline_label == "Offline, unsent edits"
     assert texts[0].endswith("written offline")
     assert texts[1] == texts[0]
+
+
+def test_websocket_blocked_falls_back_to_polling(open_tab, session_url, editor_server):
+    port = int(editor_server.base_url.rsplit(":", 1)[1])
+    with WebSocketBlockingProxy(port) as proxy:
+        blocked_url = session_url.replace(editor_server.base_url, proxy.url)
+        behind_proxy = open_tab(blocked_url, name="Ada")
+        direct = open_tab(session_url, name="Grace")
+        transports = [
+            page.evaluate("window.codecollab.provider.socket.io.engine.transport.name")
+            for page in (behind_proxy, direct)
+        ]
+
+        start_typing_in_page(behind_proxy, "p" * 40 + "🙂", 10)
+        start_typing_in_page(direct, "w" * 40 + "字", 10)
+        for page in (behind_proxy, direct):
+            page.wait_for_function("window.typingDone === true", timeout=CONVERGE_TIMEOUT_MS)
+        texts = wait_for_same_text([behind_proxy, direct])
+
+    assert transports == ["polling", "websocket"]
+    assert texts[0] == texts[1], f"tabs diverged:\n{texts[0]!r}\n{texts[1]!r}"
+    assert collections.Counter(texts[0])["p"] >= 40
+    assert collections.Counter(texts[0])["w"] >= 40
+    assert fetch_server_text(editor_server, session_url) == texts[0]

@@ -1,4 +1,4 @@
-"""Tests of room broadcasts to peers on different Engine.IO transports.
+"""Tests of the Engine.IO adjustments for long-polling clients, with peers on both transports.
 
 The end-to-end tests run ``mixed_transports.cjs``: socket.io-client 4, the client the browser
 bundle contains, forced to HTTP long-polling in some clients and to WebSocket in others.
