@@ -26,30 +26,22 @@ class BucketState:
     retry_after: float
 
 
-class BacklogSource(Protocol):
-    """Computes a bucket's numbers from its backlog, so a decision can defer that work.
-
-    The backlog is an integer in the source's own time units, captured when the bucket was
-    checked; the results depend on it alone, so they never change between reads.
-    """
-
-    def remaining(self, backlog: int) -> int:
-        """Whole tokens left."""
-        ...
-
-    def reset_after(self, backlog: int) -> float:
-        """Seconds until the bucket is full again."""
-        ...
+class RetrySource(Protocol):
+    """A bucket that computes a rejected request's retry time only when it is read."""
 
     def retry_after(self, backlog: int, cost: int) -> float:
-        """Seconds until the bucket admits ``cost``, rounded up; ``math.inf`` above capacity."""
+        """Seconds until a bucket ``backlog`` time units behind full admits ``cost``.
+
+        Never rounded down; ``math.inf`` when ``cost`` exceeds the capacity. The backlog is
+        captured at the check, so the result never changes between reads.
+        """
         ...
 
 
-# Positions in the tuple behind a Decision. A decision holds either the three numbers
-# (_NUMBERS) or a BacklogSource and a backlog that compute them when first read.
+# Positions in the tuple behind a Decision. A decision stores its retry time, or None with a
+# RetrySource and a backlog that compute it when it is read.
 _ALLOWED, _LIMITED, _KEY, _COST, _POLICY, _STORAGE_ERROR, _DRY_RUN = range(7)
-_SOURCE, _BACKLOG, _NUMBERS, _STATES = range(7, 11)
+_REMAINING, _RESET_AFTER, _RETRY_AFTER, _SOURCE, _BACKLOG, _STATES = range(7, 13)
 
 
 class Decision(tuple):
@@ -74,10 +66,11 @@ class Decision(tuple):
     - ``dry_run``: whether dry-run mode let a limited request through.
     - ``states``: every policy's :class:`BucketState`, in policy order.
 
-    A check builds one decision per request, so the class is a tuple underneath: the memory
-    backend's single-policy path builds it with one C call and leaves ``remaining``,
-    ``retry_after`` and ``reset_after`` to be computed, from the backlog captured at the
-    check, only when they are read. Decisions compare by identity, like plain objects.
+    A check builds one decision per request, so the class is a tuple underneath, which one
+    C call builds and whose fields read without a Python call. The memory backend's
+    single-policy path leaves ``retry_after`` of a rejection to be computed, from the backlog
+    captured at the check, only when it is read. Decisions compare by identity, like plain
+    objects.
     """
 
     __slots__ = ()
@@ -96,22 +89,22 @@ class Decision(tuple):
         dry_run: bool = False,
         states: tuple[BucketState, ...] | None = None,
     ) -> Decision:
-        return tuple.__new__(
-            cls,
-            (
-                allowed,
-                limited,
-                key,
-                cost,
-                policy,
-                storage_error,
-                dry_run,
-                None,
-                None,
-                (remaining, retry_after, reset_after),
-                states,
-            ),
+        fields = (
+            allowed,
+            limited,
+            key,
+            cost,
+            policy,
+            storage_error,
+            dry_run,
+            remaining,
+            reset_after,
+            retry_after,
+            None,
+            0,
+            states,
         )
+        return tuple.__new__(cls, fields)
 
     allowed: bool = property(itemgetter(_ALLOWED), doc="Whether the request may proceed.")  # type: ignore[assignment]
     limited: bool = property(itemgetter(_LIMITED), doc="Whether the buckets rejected it.")  # type: ignore[assignment]
@@ -120,32 +113,16 @@ class Decision(tuple):
     policy: Policy | None = property(itemgetter(_POLICY), doc="The deciding policy.")  # type: ignore[assignment]
     storage_error: bool = property(itemgetter(_STORAGE_ERROR), doc="Whether storage failed.")  # type: ignore[assignment]
     dry_run: bool = property(itemgetter(_DRY_RUN), doc="Whether dry run let it through.")  # type: ignore[assignment]
-
-    @property
-    def remaining(self) -> int:
-        """Whole tokens left in the deciding policy's bucket."""
-        source = self[_SOURCE]
-        if source is None:
-            return self[_NUMBERS][0]
-        return source.remaining(self[_BACKLOG])
+    remaining: int = property(itemgetter(_REMAINING), doc="Whole tokens left.")  # type: ignore[assignment]
+    reset_after: float = property(itemgetter(_RESET_AFTER), doc="Seconds until full again.")  # type: ignore[assignment]
 
     @property
     def retry_after(self) -> float:
         """Seconds until the request would be admitted (see the class docstring)."""
-        source = self[_SOURCE]
-        if source is None:
-            return self[_NUMBERS][1]
-        if not self[_LIMITED]:
-            return 0.0
-        return source.retry_after(self[_BACKLOG], self[_COST])
-
-    @property
-    def reset_after(self) -> float:
-        """Seconds until the deciding policy's bucket is full again."""
-        source = self[_SOURCE]
-        if source is None:
-            return self[_NUMBERS][2]
-        return source.reset_after(self[_BACKLOG])
+        retry_after = self[_RETRY_AFTER]
+        if retry_after is None:
+            return self[_SOURCE].retry_after(self[_BACKLOG], self[_COST])
+        return retry_after
 
     @property
     def states(self) -> tuple[BucketState, ...]:
@@ -156,7 +133,7 @@ class Decision(tuple):
         if self[_POLICY] is None:
             return ()
         # A single-policy check: its one bucket is the deciding one.
-        return (BucketState(self[_POLICY], self.remaining, self.reset_after, self.retry_after),)
+        return (BucketState(self[_POLICY], self[_REMAINING], self[_RESET_AFTER], self.retry_after),)
 
     @property
     def retry_after_seconds(self) -> int | None:
@@ -177,7 +154,7 @@ class Decision(tuple):
     __hash__ = object.__hash__
 
     def __getnewargs__(self) -> tuple:
-        # copy and pickle rebuild a decision through __new__, with the numbers computed.
+        # copy and pickle rebuild a decision through __new__, with its retry time computed.
         return (
             self.allowed,
             self.remaining,
@@ -202,13 +179,40 @@ class Decision(tuple):
 
 
 def lazy_decision(
-    allowed: bool, key: str, cost: int, policy: Policy, source: BacklogSource, backlog: int
+    allowed: bool,
+    key: str,
+    cost: int,
+    policy: Policy,
+    remaining: int,
+    reset_after: float,
+    source: RetrySource,
+    backlog: int,
 ) -> Decision:
-    """Build the decision of one bucket whose numbers ``source`` computes from ``backlog``.
+    """Build the decision of one bucket, whose retry time ``source`` computes when it is read.
 
-    The limiter's hot path builds the same tuple inline; this is its readable form.
+    An admitted request's retry time is 0; a rejected one's is
+    ``source.retry_after(backlog, cost)``. The limiter's hot path builds the same tuple
+    inline.
     """
-    return tuple.__new__(
-        Decision,
-        (allowed, not allowed, key, cost, policy, False, False, source, backlog, None, None),
+    fields = (
+        allowed,
+        not allowed,
+        key,
+        cost,
+        policy,
+        False,
+        False,
+        remaining,
+        reset_after,
+        0.0 if allowed else None,
+        source,
+        backlog,
+        None,
     )
+    return tuple.__new__(Decision, fields)
+
+
+#: ``several_states(decision)``: the bucket states a decision stores, or ``None`` when it
+#: checked one bucket and keeps that bucket's numbers in its own fields, so that header
+#: formatting can skip building a :class:`BucketState`.
+several_states = itemgetter(_STATES)

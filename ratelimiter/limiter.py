@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from .decision import BacklogSource, BucketState, Decision, lazy_decision
+from .decision import BucketState, Decision, RetrySource, lazy_decision
 from .policy import Policy, parse_policies
 from .storage import Bucket, Storage, StorageError, storage_from_url
 
@@ -22,11 +22,11 @@ _new_tuple = tuple.__new__
 _monotonic = time.monotonic
 
 
-class BacklogTable(BacklogSource, Protocol):
+class BucketTable(RetrySource, Protocol):
     """The memory backend's buckets of one policy (see ``MemoryStorage.table``)."""
 
-    def take(self, key: str, cost: int) -> tuple[bool, int]:
-        """Take ``cost`` tokens for ``key``; return whether admitted and the backlog."""
+    def take(self, key: str, cost: int) -> tuple[bool, int, float, int]:
+        """Take ``cost`` tokens for ``key``: allowed, remaining, reset_after and backlog."""
         ...
 
 
@@ -104,11 +104,13 @@ class RateLimiter:
             storage = storage_from_url(storage, timeout=timeout, clock=clock)
         self.storage: Storage = storage
         # The memory backend's fast path for one bucket, when the storage has one: its
-        # per-policy table takes tokens and computes the decision's numbers lazily.
-        self._table_of: Callable[[Policy], BacklogTable] | None = getattr(storage, "table", None)
+        # per-policy table takes tokens and computes a rejection's retry time lazily.
+        self._table_of: Callable[[Policy], BucketTable] | None = getattr(storage, "table", None)
         self._single_policy: Policy | None = None
-        self._single_table: BacklogTable | None = None
-        self._single_take: Callable[[str, int], tuple[bool, int]] | None = None
+        self._single_table: BucketTable | None = None
+        self._single_take: Callable[[str, int], tuple[bool, int, float, int]] | None = None
+        # storage_id -> the memory backend's table of that policy.
+        self._tables: dict[str, BucketTable] = {}
         if self._table_of is not None and len(self.policies) == 1:
             self._single_policy = self.policies[0]
             self._single_table = self._table_of(self._single_policy)
@@ -150,17 +152,26 @@ class RateLimiter:
         """
         take = self._single_take
         if take is not None and key.__class__ is str and cost.__class__ is int and cost >= 0:
-            # The body of _check_one, inlined because this is the hot path of every
-            # in-process check.
+            # The steps of check_buckets() with one bucket, inlined because this is the
+            # hot path of every in-process check.
             try:
-                allowed, backlog = take(self._key_prefix_colon + key, cost)
+                allowed, remaining, reset_after, backlog = take(self._key_prefix_colon + key, cost)
             except StorageError as error:
                 return self._storage_error_decision(key, cost, error)
             if self._storage_failing or self.dry_run or self.on_event is not None:
                 return self._decide_one(
-                    key, cost, allowed, self._single_policy, self._single_table, backlog
+                    lazy_decision(
+                        allowed,
+                        key,
+                        cost,
+                        self._single_policy,
+                        remaining,
+                        reset_after,
+                        self._single_table,
+                        backlog,
+                    )
                 )
-            # The layout of decision.lazy_decision(), built here without a call.
+            # lazy_decision(), built here without a call.
             decision = _new_tuple(
                 Decision,
                 (
@@ -171,9 +182,11 @@ class RateLimiter:
                     self._single_policy,
                     False,
                     False,
+                    remaining,
+                    reset_after,
+                    0.0 if allowed else None,
                     self._single_table,
                     backlog,
-                    None,
                     None,
                 ),
             )
@@ -212,8 +225,43 @@ class RateLimiter:
     def check_buckets(self, buckets: Sequence[Bucket], key: str, cost: int = 1) -> Decision:
         """Take ``cost`` tokens from all ``buckets`` atomically; ``key`` labels the decision."""
         if self._table_of is not None and len(buckets) == 1:
+            # The same steps as check()'s fast path, inlined for the web integrations.
+            if cost.__class__ is not int or cost < 0:
+                _validate_cost(cost)
             storage_key, policy = buckets[0]
-            return self._check_one(storage_key, policy, key, cost)
+            table = self._tables.get(policy.storage_id)
+            if table is None:
+                table = self._tables[policy.storage_id] = self._table_of(policy)
+            try:
+                allowed, remaining, reset_after, backlog = table.take(storage_key, cost)
+            except StorageError as error:
+                return self._storage_error_decision(key, cost, error)
+            decision = _new_tuple(
+                Decision,
+                (
+                    allowed,
+                    not allowed,
+                    key,
+                    cost,
+                    policy,
+                    False,
+                    False,
+                    remaining,
+                    reset_after,
+                    0.0 if allowed else None,
+                    table,
+                    backlog,
+                    None,
+                ),
+            )
+            if self._storage_failing or self.dry_run or self.on_event is not None:
+                return self._decide_one(decision)
+            if allowed:
+                next(self._allowed_count)
+            else:
+                next(self._limited_count)
+                self._log_rejection(decision)
+            return decision
         _validate_cost(cost)
         try:
             allowed, states = self.storage.acquire(buckets, cost)
@@ -238,40 +286,12 @@ class RateLimiter:
 
     # Decisions
 
-    def _check_one(self, storage_key: str, policy: Policy, key: str, cost: int) -> Decision:
-        """Check one bucket through the memory backend's fast path."""
-        if cost.__class__ is not int or cost < 0:
-            _validate_cost(cost)
-        table = self._table_of(policy)
-        try:
-            allowed, backlog = table.take(storage_key, cost)
-        except StorageError as error:
-            return self._storage_error_decision(key, cost, error)
-        if self._storage_failing or self.dry_run or self.on_event is not None:
-            return self._decide_one(key, cost, allowed, policy, table, backlog)
-        decision = lazy_decision(allowed, key, cost, policy, table, backlog)
-        if allowed:
-            next(self._allowed_count)
-        else:
-            next(self._limited_count)
-            self._log_rejection(decision)
-        return decision
-
-    def _decide_one(
-        self,
-        key: str,
-        cost: int,
-        allowed: bool,
-        policy: Policy,
-        table: BacklogTable,
-        backlog: int,
-    ) -> Decision:
+    def _decide_one(self, decision: Decision) -> Decision:
         """Decide a fast-path check in dry-run mode, with on_event, or after a storage failure."""
-        retry_after = 0.0 if allowed else table.retry_after(backlog, cost)
         state = BucketState(
-            policy, table.remaining(backlog), table.reset_after(backlog), retry_after
+            decision.policy, decision.remaining, decision.reset_after, decision.retry_after
         )
-        return self._decide(key, cost, allowed, [state])
+        return self._decide(decision.key, decision.cost, decision.allowed, [state])
 
     def _decide(self, key: str, cost: int, allowed: bool, states: list[BucketState]) -> Decision:
         if self._storage_failing:

@@ -6,7 +6,9 @@ that has refilled is indistinguishable from a missing one and can be dropped.
 
 Time is an integer count of nanoseconds from a monotonic clock, multiplied by the policy's
 ``count``. In those units one token lasts exactly ``period_ns`` units, so every step is
-integer arithmetic with no rounding.
+integer arithmetic with no rounding. Both factors are first divided by their greatest common
+divisor, which keeps the integers small (a day-long period of a million-per-day policy then
+scales time by 1, not by a million) and the arithmetic fast.
 
 Memory is bounded in two ways, without background threads:
 
@@ -53,33 +55,29 @@ _EVICTION_LOG_INTERVAL_NS = 60 * _NS_PER_SECOND
 
 
 class _Table:
-    """The buckets of one policy: key -> TAT in scaled units (ns x ``count``).
+    """The buckets of one policy: key -> TAT in scaled units (ns x ``scale``).
 
-    It is also the :class:`~ratelimiter.decision.BacklogSource` of the decisions its
-    buckets make: a backlog is the TAT minus the scaled time of the check.
+    It is also the :class:`~ratelimiter.decision.RetrySource` of the decisions its buckets
+    make: a backlog is the TAT minus the scaled time of the check.
     """
 
-    __slots__ = ("count", "interval", "tolerance", "units_per_second", "policy", "tats", "take")
+    __slots__ = ("scale", "interval", "tolerance", "units_per_second", "policy", "tats", "take")
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self.count = policy.count
-        #: Scaled units one token lasts: period_ns, because time is multiplied by count.
-        self.interval = policy.period_us * 1000
+        period_ns = policy.period_us * 1000
+        divisor = math.gcd(policy.count, period_ns)
+        #: Scaled units per nanosecond: count / gcd(count, period_ns).
+        self.scale = policy.count // divisor
+        #: Scaled units one token lasts: period_ns / gcd(count, period_ns).
+        self.interval = period_ns // divisor
         #: Scaled units a full bucket covers.
         self.tolerance = policy.capacity * self.interval
-        self.units_per_second = policy.count * _NS_PER_SECOND
+        self.units_per_second = self.scale * _NS_PER_SECOND
         self.tats: dict[str, int] = {}
-        #: ``take(key, cost) -> (allowed, backlog)``, set by the storage that owns the table.
-        self.take: Callable[[str, int], tuple[bool, int]]
-
-    def remaining(self, backlog: int) -> int:
-        """Whole tokens left with ``backlog``."""
-        return (self.tolerance - backlog) // self.interval
-
-    def reset_after(self, backlog: int) -> float:
-        """Seconds until a bucket with ``backlog`` is full again."""
-        return backlog / self.units_per_second
+        #: ``take(key, cost) -> (allowed, remaining, reset_after, backlog)``, set by the storage
+        #: that owns the table (see ``MemoryStorage.table``).
+        self.take: Callable[[str, int], tuple[bool, int, float, int]]
 
     def retry_after(self, backlog: int, cost: int) -> float:
         """Seconds until a bucket with ``backlog`` admits ``cost``, never rounded down."""
@@ -132,11 +130,12 @@ class MemoryStorage:
     def table(self, policy: Policy) -> _Table:
         """Return the buckets of ``policy``: the fast path of single-policy checks.
 
-        ``table(policy).take(key, cost)`` takes ``cost`` tokens from the bucket of ``key`` and
-        returns whether it admitted them and the bucket's backlog in the table's units: after
-        the request when admitted, before it when rejected. The table then computes the
-        remaining tokens and the reset and retry times from that backlog. Results equal those
-        of :meth:`acquire` with the one bucket.
+        ``table(policy).take(key, cost)`` takes ``cost`` tokens from the bucket of ``key``, or
+        none when it lacks them, and returns whether it took them, the whole tokens left, the
+        seconds until the bucket is full, and the bucket's backlog in the table's time units.
+        The backlog is the one after the request when admitted and before it when rejected,
+        and ``table(policy).retry_after(backlog, cost)`` turns it into the retry time. The
+        results equal those of :meth:`acquire` with the one bucket.
         """
         table = self._tables.get(policy.storage_id)
         if table is None:
@@ -150,7 +149,7 @@ class MemoryStorage:
         tables = [self._tables.get(p.storage_id) or self._table(p) for _, p in buckets]
         backlogs = []
         for table, (key, _) in zip(tables, buckets, strict=True):
-            tat = table.tats.get(key, 0) - now * table.count
+            tat = table.tats.get(key, 0) - now * table.scale
             backlogs.append(tat if tat > 0 else 0)
         allowed = all(
             backlog + cost * table.interval <= table.tolerance
@@ -162,7 +161,7 @@ class MemoryStorage:
             if allowed:
                 backlog += cost * table.interval
                 if cost:
-                    tat = now * table.count + backlog
+                    tat = now * table.scale + backlog
                     if key in table.tats:
                         table.tats[key] = tat
                     else:
@@ -171,7 +170,12 @@ class MemoryStorage:
             else:
                 retry = table.retry_after(backlog, cost)
             states.append(
-                BucketState(policy, table.remaining(backlog), table.reset_after(backlog), retry)
+                BucketState(
+                    policy,
+                    (table.tolerance - backlog) // table.interval,
+                    backlog / table.units_per_second,
+                    retry,
+                )
             )
         return allowed, states
 
@@ -201,20 +205,21 @@ class MemoryStorage:
             self._tables[policy.storage_id] = table
         return table
 
-    def _take_function(self, table: _Table) -> Callable[[str, int], tuple[bool, int]]:
+    def _take_function(self, table: _Table) -> Callable[[str, int], tuple[bool, int, float, int]]:
         """Build ``table.take``, with everything it reads bound to local names."""
         acquire_lock = self._lock.acquire
         release_lock = self._lock.release
         clock = self._clock
         insert = self._insert
         tats = table.tats
-        count = table.count
+        scale = table.scale
         interval = table.interval
         tolerance = table.tolerance
+        units_per_second = table.units_per_second
 
-        def take(key: str, cost: int) -> tuple[bool, int]:
+        def take(key: str, cost: int) -> tuple[bool, int, float, int]:
             now = clock()
-            now_scaled = now * count
+            now_scaled = now * scale
             # On CPython 3.11, acquire() and release() take half the instructions of `with`.
             acquire_lock()
             try:
@@ -223,15 +228,18 @@ class MemoryStorage:
                 new_tat = tat + cost * interval
                 backlog = new_tat - now_scaled
                 if backlog > tolerance:
-                    return False, tat - now_scaled
-                if cost:
-                    if stored:
-                        tats[key] = new_tat
-                    else:
-                        insert(table, key, new_tat, now)
-                return True, backlog
+                    allowed = False
+                    backlog = tat - now_scaled
+                else:
+                    allowed = True
+                    if cost:
+                        if stored:
+                            tats[key] = new_tat
+                        else:
+                            insert(table, key, new_tat, now)
             finally:
                 release_lock()
+            return allowed, (tolerance - backlog) // interval, backlog / units_per_second, backlog
 
         return take
 
@@ -291,7 +299,7 @@ class MemoryStorage:
                 continue
             table = self._sweep_table
             tats = table.tats
-            now_scaled = now * table.count
+            now_scaled = now * table.scale
             end = min(position + budget, len(keys))
             budget -= end - position
             self._sweep_position = end
