@@ -9,11 +9,19 @@ For each transport, in one run and in separate processes:
 
 - throughput: one producer publishes ``--messages`` messages as fast as it can while one consumer
   receives and acks each; messages/s is the count over the time from the first publish to the
-  last ack.
+  last ack. The consumer's CPU time from its start to the last ack, per message, varies less
+  than messages/s on a shared machine.
 - latency: the producer publishes ``--latency-messages`` messages at ``--rate`` per second; the
   consumer records the time from publish to receipt (p50, p95, max, in ms).
 - idle CPU: the consumer waits on an empty queue for ``--idle-seconds``; its CPU time over that
   wall time.
+- Celery worker idle CPU (SQLite broker only): a worker with one prefork pool process, no tasks,
+  for ``--worker-idle-seconds``; the CPU time of the worker and its pool process over that wall
+  time.
+
+The SQLite broker with ``synchronous=NORMAL`` runs twice: with kombu's blocking
+``drain_events`` loop, as a plain kombu consumer or a gevent worker uses it, and on a kombu hub
+(event loop), as a Celery worker with the prefork, threads or solo pool uses it.
 
 The virtual transports (SQLite, filesystem, SQLAlchemy) all poll every 50 ms here; kombu's
 default for the other two is 1 s, which would add up to a second of latency. RabbitMQ pushes
@@ -26,23 +34,31 @@ from __future__ import annotations
 import argparse
 import contextlib
 import multiprocessing
+import os
 import platform
 import queue as queue_module
 import resource
+import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import celery
 import kombu
 from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu.asynchronous import Hub
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
 
 from scheduler.sqlite_broker import register  # noqa: E402
 
@@ -61,6 +77,7 @@ class Target:
     name: str
     url: str
     options: dict[str, Any]
+    event_loop: bool = False  # consume on a kombu hub instead of blocking drain_events()
 
 
 def make_targets(folder: Path, names: list[str]) -> list[Target]:
@@ -69,6 +86,12 @@ def make_targets(folder: Path, names: list[str]) -> list[Target]:
     all_targets = [
         Target(
             "sqlite (synchronous=NORMAL, default)", f"sqlite:///{folder / 'normal.sqlite3'}", {}
+        ),
+        Target(
+            "sqlite (synchronous=NORMAL, event loop)",
+            f"sqlite:///{folder / 'evented.sqlite3'}",
+            {},
+            event_loop=True,
         ),
         Target(
             "sqlite (synchronous=FULL)",
@@ -124,22 +147,51 @@ def consume(
 
     with connect(target) as conn, Consumer(conn, [queue], callbacks=[on_message]) as consumer:
         consumer.qos(prefetch_count=10)
+        wait = hub_waiter(conn) if target.event_loop else blocking_waiter(conn)
         ready.set()
+        cpu_start = cpu_seconds()
         deadline = time.monotonic() + DEADLINE
         while len(latencies) < count and time.monotonic() < deadline:
-            with contextlib.suppress(TimeoutError, socket.timeout):
-                conn.drain_events(timeout=1)
+            wait(1.0)
+        busy_cpu = cpu_seconds() - cpu_start
 
         idle_seconds = control.get()
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        cpu_before = usage.ru_utime + usage.ru_stime
+        cpu_before = cpu_seconds()
         idle_end = time.monotonic() + idle_seconds
         while time.monotonic() < idle_end:
-            with contextlib.suppress(TimeoutError, socket.timeout):
-                conn.drain_events(timeout=max(0.01, idle_end - time.monotonic()))
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        idle_cpu = (usage.ru_utime + usage.ru_stime - cpu_before) / idle_seconds
-    results.put((latencies, last[0], idle_cpu))
+            wait(max(0.01, idle_end - time.monotonic()))
+        idle_cpu = (cpu_seconds() - cpu_before) / idle_seconds
+    results.put((latencies, last[0], busy_cpu, idle_cpu))
+
+
+def cpu_seconds() -> float:
+    """Return the user and system CPU time of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def blocking_waiter(conn: Connection) -> Callable[[float], None]:
+    """Return a function that delivers messages for up to its argument in seconds."""
+
+    def wait(seconds: float) -> None:
+        with contextlib.suppress(TimeoutError, socket.timeout):
+            conn.drain_events(timeout=seconds)
+
+    return wait
+
+
+def hub_waiter(conn: Connection) -> Callable[[float], None]:
+    """Like :func:`blocking_waiter`, but turns a kombu hub, as Celery's worker does."""
+    hub = Hub()
+    conn.transport.register_with_event_loop(conn.connection, hub)
+    loop = hub.create_loop()
+
+    def wait(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            next(loop)
+
+    return wait
 
 
 def produce(target: Target, queue_name: str, count: int, rate: float | None) -> float:
@@ -164,8 +216,9 @@ def produce(target: Target, queue_name: str, count: int, rate: float | None) -> 
 
 def run_phase(
     target: Target, count: int, rate: float | None, idle_seconds: float
-) -> tuple[float, list[float], float]:
-    """Return messages/s, latencies in seconds, and idle CPU as a fraction of one core."""
+) -> tuple[float, list[float], float, float]:
+    """Return messages/s, latencies in seconds, consumer CPU seconds per message, and idle CPU
+    as a fraction of one core."""
     ctx = multiprocessing.get_context("spawn")
     queue_name = f"bench-{uuid.uuid4().hex[:10]}"
     ready = ctx.Event()
@@ -181,14 +234,14 @@ def run_phase(
     start = produce(target, queue_name, count, rate)
     control.put(idle_seconds)
     try:
-        latencies, last, idle_cpu = wait_result(consumer, results)
+        latencies, last, busy_cpu, idle_cpu = wait_result(consumer, results)
     finally:
         consumer.join(30)
         cleanup(target, queue_name)
     if len(latencies) < count:
         raise RuntimeError(f"{target.name}: only {len(latencies)} of {count} messages arrived")
     per_second = count / (last - start)
-    return per_second, latencies, idle_cpu
+    return per_second, latencies, busy_cpu / count, idle_cpu
 
 
 class ConsumerCrashed(RuntimeError):
@@ -216,6 +269,61 @@ def cleanup(target: Target, queue_name: str) -> None:
         channel.exchange_delete(queue_name)
 
 
+WORKER_SCRIPT = """
+import sys
+sys.path.insert(0, {repo!r})
+from celery import Celery
+from scheduler.sqlite_broker import register
+register()
+app = Celery("bench", broker={url!r})
+app.conf.broker_transport_options = {{"polling_interval": {interval!r}}}
+app.worker_main(["worker", "-P", "prefork", "-c", "1", "-Q", "bench-idle", "--loglevel=WARNING",
+                 "--without-mingle", "--without-gossip", "--without-heartbeat"])
+"""
+# Seconds a started worker gets to declare its queues and settle before the measurement.
+WORKER_SETTLE = 5.0
+
+
+def process_tree_cpu(pid: int) -> float:
+    """Return the CPU seconds used so far by process ``pid`` and its direct children."""
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(child) for child in children.read_text().split()]
+    ticks = 0
+    for each in pids:
+        with contextlib.suppress(OSError):
+            # utime and stime follow the command name, which is in parentheses.
+            fields = Path(f"/proc/{each}/stat").read_text().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def worker_idle_cpu(folder: Path, seconds: float) -> float:
+    """Return the idle CPU of a Celery prefork worker on the SQLite broker, as a core fraction."""
+    url = f"sqlite:///{folder / 'worker.sqlite3'}"
+    script = WORKER_SCRIPT.format(repo=str(REPO_ROOT), url=url, interval=POLLING_INTERVAL)
+    # stdout carries only Celery's start-up banner; warnings and errors go to stderr.
+    worker = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)], cwd=folder, stdout=subprocess.DEVNULL
+    )
+    try:
+        time.sleep(WORKER_SETTLE)
+        if worker.poll() is not None:
+            raise RuntimeError(f"the Celery worker exited with code {worker.returncode}")
+        cpu_before, start = process_tree_cpu(worker.pid), time.monotonic()
+        time.sleep(seconds)
+        cpu_after, end = process_tree_cpu(worker.pid), time.monotonic()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+    return (cpu_after - cpu_before) / (end - start)
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -235,6 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-messages", type=int, default=300, help="paced messages")
     parser.add_argument("--rate", type=float, default=50.0, help="paced messages per second")
     parser.add_argument("--idle-seconds", type=float, default=5.0, help="idle CPU window")
+    parser.add_argument(
+        "--worker-idle-seconds",
+        type=float,
+        default=10.0,
+        help="idle CPU window of the Celery worker on the SQLite broker; 0 skips it",
+    )
     parser.add_argument(
         "--only",
         nargs="+",
@@ -259,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                 attempt_folder.mkdir()
                 target = make_targets(attempt_folder, args.only)[index]
                 try:
-                    per_second, _, _ = run_phase(target, args.messages, None, 0.01)
-                    _, latencies, idle_cpu = run_phase(
+                    per_second, _, cpu_per_message, _ = run_phase(target, args.messages, None, 0.01)
+                    _, latencies, _, idle_cpu = run_phase(
                         target, args.latency_messages, args.rate, args.idle_seconds
                     )
                     break
@@ -268,12 +382,13 @@ def main(argv: list[str] | None = None) -> int:
                     crashes += 1
                     print(f"{target.name}: consumer crashed ({exc}); retrying", file=sys.stderr)
             else:
-                rows.append((name, float("nan"), 0, 0, 0, 0, crashes))
+                rows.append((name, float("nan"), 0, 0, 0, 0, 0, crashes))
                 continue
             rows.append(
                 (
                     target.name,
                     per_second,
+                    cpu_per_message * 1e6,
                     statistics.median(latencies) * 1000,
                     percentile(latencies, 0.95) * 1000,
                     max(latencies) * 1000,
@@ -281,6 +396,12 @@ def main(argv: list[str] | None = None) -> int:
                     crashes,
                 )
             )
+        worker_cpu = None
+        if "sqlite" in args.only and args.worker_idle_seconds > 0:
+            print("running a Celery worker on the SQLite broker ...", file=sys.stderr)
+            worker_folder = Path(folder) / "worker"
+            worker_folder.mkdir()
+            worker_cpu = worker_idle_cpu(worker_folder, args.worker_idle_seconds)
 
     print(
         f"\nPython {platform.python_version()}, kombu {kombu.__version__}, "
@@ -289,14 +410,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.latency_messages} at {args.rate:.0f}/s for latency\n"
     )
     print(
-        "| transport | messages/s | latency p50 ms | p95 ms | max ms | idle CPU % "
-        "| consumer crashes |"
+        "| transport | messages/s | consumer CPU µs/message | latency p50 ms | p95 ms | max ms "
+        "| idle CPU % | consumer crashes |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, per_second, p50, p95, worst, idle, crashes in rows:
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, per_second, cpu_us, p50, p95, worst, idle, crashes in rows:
         print(
-            f"| {name} | {per_second:.0f} | {p50:.1f} | {p95:.1f} | {worst:.1f} | {idle:.1f} "
-            f"| {crashes} |"
+            f"| {name} | {per_second:.0f} | {cpu_us:.0f} | {p50:.1f} | {p95:.1f} | {worst:.1f} "
+            f"| {idle:.1f} | {crashes} |"
         )
 
     by_name = {row[0]: row[1] for row in rows}
@@ -304,6 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     for ours in [name for name in by_name if name.startswith("sqlite")]:
         for other in [name for name in by_name if not name.startswith("sqlite")]:
             print(f"{ours} / {other}: {by_name[ours] / by_name[other]:.2f}x messages/s")
+    if worker_cpu is not None:
+        print(
+            f"\nCelery {celery.__version__} worker on the SQLite broker (prefork, 1 pool process), "
+            f"idle for {args.worker_idle_seconds:.0f} s: {worker_cpu * 100:.1f} % of a core"
+        )
     return 0
 
 

@@ -14,6 +14,7 @@ DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 DEFAULT_FANOUT_TTL = 60.0
 DEFAULT_BUSY_TIMEOUT = 60.0
 DEFAULT_MAINTENANCE_INTERVAL = 30.0
+DEFAULT_POLLING_INTERVAL = 0.05
 # NORMAL in WAL mode loses no commit when a process crashes, and matches the scheduler's task
 # store and result backend. FULL adds an fsync per publish, claim and ack.
 DEFAULT_SYNCHRONOUS = "NORMAL"
@@ -36,6 +37,8 @@ class BrokerSettings:
         One consumer process on the machine performs each run.
     synchronous: SQLite ``synchronous`` setting, FULL (survives power loss) or NORMAL (survives
         process crashes, faster).
+    polling_interval: seconds between polls of the consumed queues while they are empty, which
+        bounds the added delivery latency.
     """
 
     path: Path
@@ -45,6 +48,7 @@ class BrokerSettings:
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT
     maintenance_interval: float = DEFAULT_MAINTENANCE_INTERVAL
     synchronous: str = DEFAULT_SYNCHRONOUS
+    polling_interval: float = DEFAULT_POLLING_INTERVAL
 
     @property
     def renew_interval(self) -> float:
@@ -55,8 +59,7 @@ class BrokerSettings:
     def from_options(cls, url: str, options: Mapping[str, Any]) -> BrokerSettings:
         """Build the settings from a ``sqlite://`` URL and kombu transport options.
 
-        Unknown option names are left to kombu, which also reads ``polling_interval`` and
-        ``body_encoding``.
+        Unknown option names are left to kombu, which also reads ``body_encoding``.
 
         :raises StoreError: naming the option and its invalid value.
         """
@@ -70,6 +73,7 @@ class BrokerSettings:
                 options, "maintenance_interval", DEFAULT_MAINTENANCE_INTERVAL
             ),
             synchronous=str(options.get("synchronous", DEFAULT_SYNCHRONOUS)).upper(),
+            polling_interval=_positive(options, "polling_interval", DEFAULT_POLLING_INTERVAL),
         )
 
 

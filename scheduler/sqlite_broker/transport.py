@@ -12,6 +12,15 @@ and stores everything that must outlive a process or be seen by other processes 
 - Routing. Exchange types and bindings live in the database, so a producer routes to queues
   declared only by a worker, and fanout exchanges reach consumers in every process.
 
+The transport declares itself asynchronous, so a Celery worker runs its non-blocking event loop
+(a kombu hub) on it, as on RabbitMQ. SQLite has no socket to watch, so
+:meth:`Transport.register_with_event_loop` polls the consumed queues from a hub timer every
+``polling_interval`` seconds, and again right after an ack or reject frees room for a message.
+For the prefork pool this matters beyond speed: only with the event loop does Celery use
+billiard's ``AsynPool``, which gives each pool process its own pipe. The blocking pool that
+Celery uses otherwise makes its idle processes share one lock on the task pipe, and a process
+killed while it holds that lock stops the whole pool.
+
 Usage::
 
     from scheduler.sqlite_broker import register
@@ -38,7 +47,7 @@ from kombu.utils.json import dumps, loads
 from .deadletter import log_dead_letter
 from .keeper import LeaseKeeper, release_dead_owners
 from .liveness import new_owner
-from .settings import BrokerSettings
+from .settings import DEFAULT_POLLING_INTERVAL, BrokerSettings
 from .store import Claim, Store, StoreError
 
 logger = logging.getLogger(__name__)
@@ -62,6 +71,7 @@ class QoS(virtual.QoS):
     def ack(self, delivery_tag: str) -> None:
         self.channel.ack_claim(delivery_tag)
         super().ack(delivery_tag)
+        self._request_poll()
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         # kombu's base class would re-publish a requeued message as a copy at the tail.
@@ -71,6 +81,13 @@ class QoS(virtual.QoS):
         else:
             self.channel.reject_claim(delivery_tag)
         self._quick_ack(delivery_tag)
+        self._request_poll()
+
+    def _request_poll(self) -> None:
+        # The consumer has room for another message now. A closed channel has no connection.
+        transport = self.channel.connection
+        if transport is not None:
+            transport.request_poll()
 
 
 class Channel(virtual.Channel):
@@ -393,16 +410,16 @@ class Transport(virtual.Transport):
 
     Channel = Channel
 
-    # Seconds between polls of an idle queue, which bounds the delivery latency. kombu reads
-    # the ``polling_interval`` transport option over this default.
-    polling_interval = 0.05
+    # Seconds between polls of an idle queue, which bounds the delivery latency; set from the
+    # ``polling_interval`` transport option (BrokerSettings) for each connection.
+    polling_interval = DEFAULT_POLLING_INTERVAL
     can_parse_url = True
     default_port = None
     driver_type = "sqlite"
     driver_name = "sqlite3"
 
     implements = virtual.Transport.implements.extend(
-        asynchronous=False,
+        asynchronous=True,
         exchange_type=frozenset(["direct", "topic", "fanout"]),
     )
     # A database that stays locked beyond busy_timeout is handled like a lost connection:
@@ -418,10 +435,19 @@ class Transport(virtual.Transport):
         self.settings = BrokerSettings.from_options(
             client.hostname or "", client.transport_options or {}
         )
+        self.polling_interval = self.settings.polling_interval
         self.owner = new_owner()
         self.consumed_queues: set[str] = set()
         self._keeper: LeaseKeeper | None = None
         self._keeper_lock = threading.Lock()
+        # Set while a kombu hub polls this connection; see register_with_event_loop.
+        self._loop: Any = None
+        self._loop_connection: Any = None
+        self._loop_thread: int | None = None
+        self._poll_timer: Any = None
+        self._poll_requested = False
+        self._poll_requested_lock = threading.Lock()
+        self._polling = False  # True while _poll() delivers, in the loop's thread
 
     def establish_connection(self) -> Any:
         store = Store(
@@ -473,7 +499,77 @@ class Transport(virtual.Transport):
                 keeper.start()
                 self._keeper = keeper
 
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        """Poll the consumed queues from ``loop``, a kombu hub such as a Celery worker's.
+
+        A timer polls every ``polling_interval`` seconds, and :meth:`request_poll` adds a poll
+        as soon as the loop is free. Messages are delivered through the consumers' callbacks
+        in the loop's thread.
+        """
+        self.unregister_from_event_loop(connection, loop)
+        self._loop, self._loop_connection = loop, connection
+        self._loop_thread = threading.get_ident()
+        self._poll_timer = loop.call_repeatedly(self.polling_interval, self._poll)
+
+    def unregister_from_event_loop(self, connection: Any, loop: Any) -> None:
+        """Stop polling from the event loop; :meth:`close_connection` calls this too."""
+        timer, self._poll_timer = self._poll_timer, None
+        if timer is not None:
+            timer.cancel()
+        self._loop = self._loop_connection = None
+
+    def request_poll(self) -> None:
+        """Poll once more as soon as the event loop is free; safe to call from any thread.
+
+        Does nothing without an event loop, where ``drain_events`` polls in its own loop.
+        """
+        loop = self._loop
+        if loop is None:
+            return
+        if self._polling and threading.get_ident() == self._loop_thread:
+            # An ack in a consumer's callback during a poll: that poll goes on delivering.
+            return
+        with self._poll_requested_lock:
+            if self._poll_requested:
+                return
+            self._poll_requested = True
+        if threading.get_ident() == self._loop_thread:
+            # kombu's hub runs call_soon() callbacks only after its next wait for file
+            # descriptors, while a due timer runs before that wait.
+            loop.call_later(0, self._on_poll_request)
+        else:
+            # call_soon() is the hub's thread-safe entry, and it wakes the loop.
+            loop.call_soon(self._on_poll_request)
+
+    def _on_poll_request(self) -> None:
+        with self._poll_requested_lock:
+            self._poll_requested = False
+        self._poll()
+
+    def _poll(self) -> None:
+        # Runs in the event loop's thread. A connection error propagates out of the loop,
+        # and Celery reconnects, as when the socket of another transport fails.
+        connection = self._loop_connection
+        if connection is None or self._polling:
+            return
+        # Celery's prefetch limit ends a poll after a few deliveries. A consumer that acks in
+        # its callback could keep one poll going while producers publish, so a poll stops
+        # after polling_interval seconds and requests the next one, which lets the hub's other
+        # due timers run in between.
+        deadline = time.monotonic() + self.polling_interval
+        self._polling = True
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    self.drain_events(connection, timeout=0)
+                except TimeoutError:
+                    return
+        finally:
+            self._polling = False
+        self.request_poll()
+
     def close_connection(self, connection: Any) -> None:
+        self.unregister_from_event_loop(connection, self._loop)
         # Channels close first, so their unacked messages are released while the leases hold.
         super().close_connection(connection)
         with self._keeper_lock:

@@ -14,10 +14,12 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu.asynchronous import Hub
 from kombu.transport import TRANSPORT_ALIASES
 
 from scheduler.sqlite_broker import TRANSPORT_PATH, register
@@ -95,6 +97,7 @@ def test_resolve_path_invalid(url: str, message: str) -> None:
         ("max_message_size", -1),
         ("fanout_ttl", None),
         ("busy_timeout", 0),
+        ("polling_interval", 0),
     ],
 )
 def test_settings_invalid_option(option: str, value: object) -> None:
@@ -261,6 +264,78 @@ def test_close_releases_prefetched(url: str) -> None:
             received.append(message.payload)
             message.ack()
     assert sorted(received) == [0, 1, 2, 3, 4]
+
+
+# Event loop (Celery's worker runs the transport on a kombu hub)
+
+
+def run_hub(hub: Hub, done: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Turn the hub's loop until ``done()`` returns True or ``timeout`` seconds pass."""
+    loop = hub.create_loop()
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        next(loop)
+
+
+def test_event_loop_delivers_in_order(url: str) -> None:
+    received: list[int] = []
+
+    def on_message(body: int, message) -> None:  # noqa: ANN001
+        received.append(body)
+        message.ack()
+
+    hub = Hub()
+    queue = Queue("evented")
+    with connect(url) as conn, Consumer(conn, [queue], callbacks=[on_message]):
+        conn.transport.register_with_event_loop(conn.connection, hub)
+        with connect(url) as publisher:
+            producer = Producer(publisher)
+            for n in range(50):
+                producer.publish(n, routing_key="evented", declare=[queue])
+        run_hub(hub, lambda: len(received) >= 50)
+    hub.close()
+    assert received == list(range(50))
+
+
+def test_event_loop_close_cancels_timer(url: str) -> None:
+    hub = Hub()
+    with connect(url) as conn:
+        conn.transport.register_with_event_loop(conn.connection, hub)
+        live_before = [event for event in hub.timer.queue if not event.entry.canceled]
+    live_after = [event for event in hub.timer.queue if not event.entry.canceled]
+    hub.close()
+    assert len(live_before) == 1
+    assert live_after == []
+
+
+def test_event_loop_ack_from_thread_polls(url: str) -> None:
+    # The timer would poll only after 30 s, so each delivery below comes from request_poll():
+    # the first from the loop's thread, the second from the ack in another thread.
+    delivered: list = []
+    hub = Hub()
+    queue = Queue("acked")
+    with (
+        connect(url, polling_interval=30) as conn,
+        Consumer(
+            conn, [queue], callbacks=[lambda body, message: delivered.append(message)]
+        ) as consumer,
+    ):
+        consumer.qos(prefetch_count=1)
+        producer = Producer(conn)
+        for n in range(2):
+            producer.publish(n, routing_key="acked", declare=[queue])
+        conn.transport.register_with_event_loop(conn.connection, hub)
+        conn.transport.request_poll()
+        run_hub(hub, lambda: len(delivered) >= 1)
+        first_count = len(delivered)
+        acker = threading.Thread(target=delivered[0].ack)
+        acker.start()
+        acker.join()
+        run_hub(hub, lambda: len(delivered) >= 2)
+        delivered[1].ack()
+    hub.close()
+    assert first_count == 1
+    assert [message.payload for message in delivered] == [0, 1]
 
 
 def test_message_too_large(url: str, db_path: Path) -> None:
@@ -434,11 +509,11 @@ def test_reject_after_lease_lost_kept(url: str, db_path: Path) -> None:
     with connect(url, visibility_timeout=0.3) as slow, connect(url) as fast:
         work, dead = dead_letter_setup(slow, "dl-late")
         Producer(slow).publish("x", exchange=work.name, routing_key=work.name)
-        held = slow.SimpleQueue(work).get(timeout=2)
+        delivered = slow.SimpleQueue(work).get(timeout=2)
         slow.transport._keeper.stop()  # simulates a hung holder
         time.sleep(0.5)
         again = fast.SimpleQueue(work).get(timeout=2)
-        held.reject()
+        delivered.reject()
         assert row_count(db_path) == 1
         again.ack()
         assert row_count(db_path) == 0
@@ -671,15 +746,15 @@ def test_owner_is_dead(owner: str, dead: bool) -> None:
 
 
 def test_live_lease_renewed(url: str) -> None:
-    """A message held longer than the visibility timeout stays with its live holder."""
+    """A message delivered longer than the visibility timeout stays with its live holder."""
     with connect(url, visibility_timeout=0.4) as holder, connect(url) as other:
         queue = holder.SimpleQueue("renewed")
         queue.put("eta task")
-        held = queue.get(timeout=2)
+        delivered = queue.get(timeout=2)
         time.sleep(1.5)
         with pytest.raises(queue.Empty):
             other.SimpleQueue("renewed").get(timeout=0.3)
-        held.ack()
+        delivered.ack()
         with pytest.raises(queue.Empty):
             other.SimpleQueue("renewed").get(timeout=0.6)
 
@@ -687,11 +762,11 @@ def test_live_lease_renewed(url: str) -> None:
 def test_late_ack_ignored_after_redelivery(url: str, db_path: Path) -> None:
     with connect(url, visibility_timeout=0.3) as slow, connect(url) as fast:
         slow.SimpleQueue("late-ack").put("x")
-        held = slow.SimpleQueue("late-ack").get(timeout=2)
+        delivered = slow.SimpleQueue("late-ack").get(timeout=2)
         slow.transport._keeper.stop()  # simulates a hung holder
         time.sleep(0.5)
         again = fast.SimpleQueue("late-ack").get(timeout=2)
-        held.ack()
+        delivered.ack()
         assert row_count(db_path) == 1
         again.ack()
         assert row_count(db_path) == 0

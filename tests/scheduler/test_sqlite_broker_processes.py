@@ -13,6 +13,7 @@ import signal
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
@@ -26,6 +27,15 @@ DEADLINE = 120.0
 
 EXCHANGE = Exchange("load", "direct")
 QUEUE = Queue("load", EXCHANGE, "load")
+
+# A queue with dead-letter arguments, so a first declaration writes to every routing table.
+DEAD_LETTER_EXCHANGE = Exchange("load-dlx", "fanout")
+DEAD_LETTER_QUEUE = Queue("load-dead", DEAD_LETTER_EXCHANGE)
+LETTERED_QUEUE = Queue(
+    "load", EXCHANGE, "load", queue_arguments={"x-dead-letter-exchange": "load-dlx"}
+)
+FIRST_PUBLISHERS = 8
+FIRST_MESSAGES = 25
 
 # Durability across power loss is not under test here; NORMAL keeps the run short on CI.
 OPTIONS = {"polling_interval": 0.01, "synchronous": "NORMAL", "visibility_timeout": 2.0}
@@ -56,6 +66,25 @@ def consume(url: str, record: str, stop: multiprocessing.synchronize.Event) -> N
             with contextlib.suppress(TimeoutError):
                 conn.drain_events(timeout=0.2)
     os.close(fd)
+
+
+def publish_first(url: str, first: int, count: int, barrier: Any) -> None:
+    """Connect to a broker file that may not exist yet and publish at the barrier's release.
+
+    The connection creates the schema, and the publish declares the exchanges, the queue with
+    its dead-letter arguments and the binding, so every process does each first write at once.
+    """
+    register()
+    with Connection(url, transport_options=OPTIONS) as conn:
+        producer = Producer(conn)
+        barrier.wait(30)
+        for n in range(first, first + count):
+            producer.publish(
+                {"id": n},
+                exchange=EXCHANGE,
+                routing_key="load",
+                declare=[DEAD_LETTER_QUEUE, LETTERED_QUEUE],
+            )
 
 
 def read_ids(path: Path) -> list[int]:
@@ -124,3 +153,31 @@ def test_processes_survive_consumer_kill(tmp_path: Path) -> None:
     assert exit_codes[:PRODUCERS] == [0] * PRODUCERS
     assert exit_codes[PRODUCERS] == -signal.SIGKILL
     assert exit_codes[PRODUCERS + 1 :] == [0] * (CONSUMERS - 1)
+
+
+def test_first_publishes_at_once(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    url = f"sqlite:///{tmp_path / 'broker.sqlite3'}"
+    barrier = ctx.Barrier(FIRST_PUBLISHERS)
+    producers = [
+        ctx.Process(target=publish_first, args=(url, n * FIRST_MESSAGES, FIRST_MESSAGES, barrier))
+        for n in range(FIRST_PUBLISHERS)
+    ]
+    for process in producers:
+        process.start()
+    for process in producers:
+        process.join(60)
+        if process.is_alive():
+            process.kill()
+
+    ids: list[int] = []
+    register()
+    with Connection(url, transport_options=OPTIONS) as conn:
+        queue = LETTERED_QUEUE.bind(conn.default_channel)
+        while (message := queue.get()) is not None:
+            ids.append(message.payload["id"])
+            message.ack()
+    counts = Counter(ids)
+    assert [process.exitcode for process in producers] == [0] * FIRST_PUBLISHERS
+    assert set(counts) == set(range(FIRST_PUBLISHERS * FIRST_MESSAGES))
+    assert [n for n, count in counts.items() if count > 1] == []
