@@ -45,6 +45,7 @@ from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.utils.json import dumps, loads
 
 from .deadletter import log_dead_letter
+from .emptypolls import EmptyPolls
 from .keeper import LeaseKeeper, release_dead_owners
 from .liveness import new_owner
 from .settings import DEFAULT_POLLING_INTERVAL, BrokerSettings
@@ -115,6 +116,7 @@ class Channel(virtual.Channel):
         self._no_ack_queues: set[str] = set()
         self._exchange_type_cache: dict[str, str] = {}
         self._unroutable_exchanges: set[str] = set()
+        self._empty_polls = EmptyPolls()
 
     # Publishing
 
@@ -163,6 +165,22 @@ class Channel(virtual.Channel):
     # Consuming
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        prefetched = self._prefetched.get(queue)
+        if prefetched:
+            return self._deliver(queue, prefetched.popleft())
+        token = self.store.change_token()
+        now = time.time()
+        if self._empty_polls.unchanged(queue, token, now):
+            raise Empty()
+        message = self._poll_queue(queue, now)
+        if message is None:
+            next_lease_end = self.store.next_lease_end(queue, now)
+            self._empty_polls.record(queue, token, next_lease_end, now)
+            raise Empty()
+        return message
+
+    def _poll_queue(self, queue: str, now: float) -> dict[str, Any] | None:
+        # Broadcasts first, then the queue's own messages.
         exchange = self._fanout_queues.get(queue)
         if exchange is not None:
             row = self.store.read_fanout(exchange, self._fanout_cursors[queue])
@@ -170,30 +188,25 @@ class Channel(virtual.Channel):
                 self._fanout_cursors[queue] = row[0]
                 return loads(row[1])
 
-        now = time.time()
         if queue in self._no_ack_queues:
             payload = self.store.take(queue, now)
-            if payload is None:
-                raise Empty()
-            return loads(payload)
+            return None if payload is None else loads(payload)
 
-        prefetched = self._prefetched.get(queue)
-        if prefetched:
-            claim = prefetched.popleft()
-        else:
-            claims = self.store.claim(
-                queue,
-                self.owner,
-                now + self.settings.visibility_timeout,
-                now,
-                self._claim_limit(queue),
-            )
-            if not claims:
-                raise Empty()
-            claim = claims[0]
-            if len(claims) > 1:
-                self._prefetched[queue] = deque(claims[1:])
-            self.connection.start_keeper()
+        claims = self.store.claim(
+            queue,
+            self.owner,
+            now + self.settings.visibility_timeout,
+            now,
+            self._claim_limit(queue),
+        )
+        if not claims:
+            return None
+        if len(claims) > 1:
+            self._prefetched[queue] = deque(claims[1:])
+        self.connection.start_keeper()
+        return self._deliver(queue, claims[0])
+
+    def _deliver(self, queue: str, claim: Claim) -> dict[str, Any]:
         message = loads(claim.payload)
         properties = message["properties"]
         if claim.deliveries > 1:
