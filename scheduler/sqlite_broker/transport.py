@@ -376,10 +376,14 @@ class Channel(virtual.Channel):
             self.store.declare_exchange(exchange, type)
 
     def _queue_bind(self, exchange: str, routing_key: str, pattern: Any, queue: str) -> None:
+        fanout = self.typeof(exchange).type == "fanout" and queue not in self._fanout_queues
+        # The cursor is read before the binding exists, so that no broadcast published in
+        # between is skipped.
+        cursor = self.store.fanout_cursor(exchange) if fanout else 0
         self.store.bind(exchange, routing_key or "", pattern, queue)
-        if self.typeof(exchange).type == "fanout" and queue not in self._fanout_queues:
+        if fanout:
             self._fanout_queues[queue] = exchange
-            self._fanout_cursors[queue] = self.store.fanout_cursor(exchange)
+            self._fanout_cursors[queue] = cursor
 
     def queue_unbind(
         self,
