@@ -59,6 +59,9 @@ MAX_CLAIM_BATCH = 16
 # Paths whose start-up was already logged at INFO level by this process. Celery opens several
 # connections per worker, and one line per file is enough for an operator.
 _announced: set[str] = set()
+# Paths whose messages left unacknowledged were already counted in a warning by this process.
+# Each new connection finds the same messages until a consumer claims them again.
+_expiry_reported: set[str] = set()
 _announced_lock = threading.Lock()
 
 
@@ -488,6 +491,9 @@ class Transport(virtual.Transport):
             first = path not in _announced and logger.isEnabledFor(logging.INFO)
             if first:
                 _announced.add(path)
+            report_expired = expired_leases > 0 and path not in _expiry_reported
+            if report_expired:
+                _expiry_reported.add(path)
         logger.log(
             logging.INFO if first else logging.DEBUG,
             "sqlite broker: opened %s (SQLite %s, WAL, synchronous=%s, visibility timeout "
@@ -498,7 +504,7 @@ class Transport(virtual.Transport):
             self.settings.visibility_timeout,
             self.settings.max_message_size,
         )
-        if expired_leases:
+        if report_expired:
             logger.warning(
                 "sqlite broker %s: %d messages were left unacknowledged by consumers that "
                 "stopped; they are delivered again",
