@@ -7,11 +7,22 @@ Run from the repository root after ``npm ci`` in ``bench/editor``::
 
 For each client count N (10, 100, 500), each server starts fresh on a free loopback port. N
 Node.js clients (``bench/editor/load.mjs``, the same Yjs code for both servers) join one
-session, and client 0 appends 20 characters per second for 10 seconds. The clients record the
-delay from each keystroke to its arrival at every other client. This script samples the server
-process from ``/proc``: CPU time during the typing window and resident memory before the clients
-connect and once they are synced. Then 1,000 idle clients measure memory per connection, and
-newcomers to a 1 MB document measure connect-to-synced time.
+session: a typist alone in one Node.js process, and the N - 1 peers spread evenly over
+``--load-processes`` other processes (4 by default). Once every client has synced, the typist
+appends 20 characters per second for 10 seconds. Each peer records the receipt time of every
+character: the moment its message event fires, before the update is decoded and applied, so
+one process's backlog of Yjs work does not count as latency. Send and receipt times are read
+from ``CLOCK_MONOTONIC`` (``process.hrtime`` in Node.js), which all processes of the machine
+share. Latency is receipt minus send, over every character and peer. A character that has not
+reached a peer 2 s after the last keystroke counts as missing instead. Every peer that is still
+connected must then have the typist's text within 60 s, or the run fails. A peer the server
+disconnected (for Socket.IO, a heartbeat timeout when its load process lags) does not
+reconnect: it is counted, and its remaining characters are missing.
+
+This script samples the server process from ``/proc``: CPU time from the first keystroke to
+the end of the drain, and resident memory before the clients connect and once they are synced.
+Then 1,000 idle clients measure memory per connection, and newcomers to a 1 MB document measure
+connect-to-synced time.
 
 The peer server keeps documents in memory only. CodeCollab also commits every update to SQLite
 before acknowledging it, so its figures include that work. Results go to stdout as a Markdown
@@ -22,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import secrets
@@ -40,6 +52,8 @@ LOAD_DIR = REPO_ROOT / "bench" / "editor"
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 PEER_SERVER = LOAD_DIR / "node_modules" / "@y" / "websocket-server" / "src" / "server.js"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Seconds after the last keystroke within which a character counts as delivered.
+DRAIN_SECONDS = 2.0
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 # Rate limits far above what the benchmark sends: every client shares 127.0.0.1.
@@ -129,12 +143,19 @@ def start_server(kind: str) -> Server:
     raise RuntimeError(f"{kind} did not respond within 30 s; see {workdir / 'server.log'}")
 
 
-def run_load(server: Server, options: dict[str, object]) -> subprocess.Popen[str]:
-    """Start the Node.js load clients against ``server``."""
-    payload = {"server": server.kind, "url": server.url, "session": secrets.token_urlsafe(16)}
+def run_load(
+    server: Server, options: dict[str, object], session: str | None = None
+) -> subprocess.Popen[str]:
+    """Start a Node.js load process against ``server``; it reads commands on stdin."""
+    payload = {
+        "server": server.kind,
+        "url": server.url,
+        "session": session or secrets.token_urlsafe(16),
+    }
     return subprocess.Popen(
         ["node", "load.mjs", json.dumps({**payload, **options})],
         cwd=LOAD_DIR,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -150,6 +171,19 @@ def read_result(load: subprocess.Popen[str], timeout: float) -> dict[str, object
     return json.loads(line)
 
 
+def send_command(load: subprocess.Popen[str], command: str) -> None:
+    """Send one command line (``go``, ``report`` or ``close``) to a load process."""
+    assert load.stdin is not None
+    load.stdin.write(command + "\n")
+    load.stdin.flush()
+
+
+def percentile(ordered: list[float], p: float) -> float:
+    """Return the nearest-rank ``p``-th percentile of the sorted list ``ordered``."""
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
 @dataclass
 class TypingResult:
     """One typing run: N clients, one typist, on one server."""
@@ -161,6 +195,7 @@ class TypingResult:
     max_ms: float
     delivered: int
     missing: int
+    disconnected: int
     cpu_percent: float
     cpu_ms_per_client_second: float
     rss_idle_mib: float
@@ -169,78 +204,111 @@ class TypingResult:
     connect_s: float
 
 
-def typing_run(kind: str, clients: int, seconds: float, rate: int) -> TypingResult:
+def typing_run(
+    kind: str, clients: int, seconds: float, rate: int, load_processes: int
+) -> TypingResult:
     """Measure keystroke-to-peer latency and server cost for ``clients`` clients."""
     server = start_server(kind)
+    loads: list[subprocess.Popen[str]] = []
     try:
         pid = server.process.pid
         time.sleep(1)
         rss_idle = rss_mib(pid)
-        load = run_load(
-            server, {"mode": "typing", "clients": clients, "seconds": seconds, "rate": rate}
+        session = secrets.token_urlsafe(16)
+        started = time.monotonic()
+        typist = run_load(
+            server, {"mode": "typist", "seconds": seconds, "rate": rate}, session=session
         )
-        # The load script connects and syncs, waits 0.5 s, then types: poll until the server
-        # is quiet to take the "connected" memory figure and the CPU baseline.
-        rss_connected, cpu_start, typing_started = wait_for_typing(pid, load, clients)
-        result = read_result(load, timeout=seconds + 120)
+        loads.append(typist)
+        read_result(typist, timeout=180)
+        peers = split_evenly(clients - 1, load_processes)
+        first_index = 1
+        for count in peers:
+            loads.append(
+                run_load(
+                    server,
+                    {"mode": "peers", "clients": count, "firstIndex": first_index},
+                    session=session,
+                )
+            )
+            first_index += count
+        for load in loads[1:]:
+            read_result(load, timeout=180)
+        connect_s = time.monotonic() - started
+        # Let the server settle after the joins (presence events, sync replies).
+        time.sleep(1)
+        rss_connected = rss_mib(pid)
+
+        cpu_start = cpu_seconds(pid)
+        typing_started = time.monotonic()
+        send_command(typist, "go")
+        typed = read_result(typist, timeout=seconds + 120)
+        time.sleep(DRAIN_SECONDS)
         cpu_used = cpu_seconds(pid) - cpu_start
         window = time.monotonic() - typing_started
-        load.wait(timeout=30)
+        for load in loads[1:]:
+            send_command(load, f"report {typed['text']}")
+        received = [read_result(load, timeout=120) for load in loads[1:]]
+        for load in loads:
+            send_command(load, "close")
+        for load in loads:
+            load.wait(timeout=30)
     finally:
+        for load in loads:
+            if load.poll() is None:
+                load.kill()
         server.stop()
+
+    sent = [float(t) for t in typed["sent"]]
+    # Characters that reach a peer later than DRAIN_SECONDS after the last keystroke count as
+    # missing, not as latency; they must still arrive for the convergence check.
+    cutoff = sent[-1] + DRAIN_SECONDS * 1000
+    latencies: list[float] = []
+    missing = 0
+    diverged = 0
+    disconnected = 0
+    for batch in received:
+        for arrivals, text, lost in zip(
+            batch["arrivals"], batch["texts"], batch["lost"], strict=True
+        ):
+            in_time = [(k, arrival) for k, arrival in enumerate(arrivals) if arrival <= cutoff]
+            latencies.extend(arrival - sent[k] for k, arrival in in_time)
+            missing += len(sent) - len(in_time)
+            if lost is not None:
+                # Closed by the server (Socket.IO's heartbeat when the client process lags):
+                # the bench clients do not reconnect, so the rest of its edits count as missing.
+                disconnected += 1
+            elif text != typed["text"]:
+                diverged += 1
+    if typed["disconnected"] is not None:
+        raise RuntimeError(f"{kind}: the typist was disconnected ({typed['disconnected']})")
+    if diverged:
+        raise RuntimeError(f"{kind}: {diverged} connected peers did not converge")
+    if not latencies:
+        raise RuntimeError(f"{kind}: no character reached a peer within {DRAIN_SECONDS} s")
+    latencies.sort()
     return TypingResult(
         server=kind,
         clients=clients,
-        p50_ms=round(result["p50"], 2),
-        p99_ms=round(result["p99"], 2),
-        max_ms=round(result["max"], 2),
-        delivered=int(result["delivered"]),
-        missing=int(result["missing"]),
+        p50_ms=round(percentile(latencies, 50), 2),
+        p99_ms=round(percentile(latencies, 99), 2),
+        max_ms=round(latencies[-1], 2),
+        delivered=len(latencies),
+        missing=missing,
+        disconnected=disconnected,
         cpu_percent=round(100 * cpu_used / window, 1),
         cpu_ms_per_client_second=round(1000 * cpu_used / window / clients, 3),
         rss_idle_mib=round(rss_idle, 1),
         rss_connected_mib=round(rss_connected, 1),
         rss_per_client_kib=round((rss_connected - rss_idle) * 1024 / clients, 1),
-        connect_s=round(result["connectMs"] / 1000, 2),
+        connect_s=round(connect_s, 2),
     )
 
 
-def wait_for_typing(
-    pid: int, load: subprocess.Popen[str], clients: int
-) -> tuple[float, float, float]:
-    """Wait until the clients are connected (server CPU settles), return RSS, CPU and time."""
-    previous = cpu_seconds(pid)
-    quiet_samples = 0
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and quiet_samples < 2:
-        time.sleep(0.2)
-        current = cpu_seconds(pid)
-        busy = current - previous > 0.02
-        previous = current
-        connections = count_connections(pid)
-        quiet_samples = quiet_samples + 1 if connections >= clients and not busy else 0
-        if load.poll() is not None:
-            raise RuntimeError("the load clients exited before typing")
-    return rss_mib(pid), cpu_seconds(pid), time.monotonic()
-
-
-def count_connections(pid: int) -> int:
-    """Return the number of established TCP sockets of ``pid``."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    established = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            parts = line.split()
-            if parts[3] == "01" and parts[9] in inodes:
-                established += 1
-    return established
+def split_evenly(total: int, parts: int) -> list[int]:
+    """Split ``total`` into at most ``parts`` positive counts that differ by at most one."""
+    parts = max(1, min(parts, total))
+    return [total // parts + (i < total % parts) for i in range(parts)]
 
 
 def idle_run(kind: str, clients: int) -> dict[str, float]:
@@ -320,14 +388,15 @@ def machine_info() -> dict[str, str]:
 def markdown(report: Report) -> str:
     """Render the report as the Markdown tables of docs/benchmarks.md."""
     lines = [
-        "| clients | server | p50 ms | p99 ms | max ms | missing | server CPU % | CPU ms per "
-        "client-second | RSS per client KiB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| clients | server | p50 ms | p99 ms | max ms | missing | disconnected | server CPU % | "
+        "CPU ms per client-second | RSS per client KiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in report.typing:
         lines.append(
             f"| {row.clients} | {row.server} | {row.p50_ms} | {row.p99_ms} | {row.max_ms} | "
-            f"{row.missing} | {row.cpu_percent} | {row.cpu_ms_per_client_second} | "
+            f"{row.missing} | {row.disconnected} | {row.cpu_percent} | "
+            f"{row.cpu_ms_per_client_second} | "
             f"{row.rss_per_client_kib} |"
         )
     lines.append("")
@@ -374,19 +443,33 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="typing time per run (s)")
     parser.add_argument("--rate", type=int, default=20, help="typed characters per second")
     parser.add_argument("--idle-clients", type=int, default=1000, help="idle connections")
+    parser.add_argument(
+        "--load-processes", type=int, default=4, help="Node.js processes for the peers"
+    )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        nargs="+",
+        help="client counts of the typing runs (default 10 100 500, or 10 100 with --quick)",
+    )
+    parser.add_argument(
+        "--typing-only", action="store_true", help="skip the idle and newcomer runs"
+    )
     arguments = parser.parse_args()
 
     if not PEER_SERVER.exists():
         sys.exit(f"{PEER_SERVER} is missing: run `npm ci` in {LOAD_DIR}")
-    counts = [10, 100] if arguments.quick else [10, 100, 500]
+    counts = arguments.clients or ([10, 100] if arguments.quick else [10, 100, 500])
     report = Report(started=datetime.now(UTC).isoformat(timespec="seconds"), machine=machine_info())
 
     for clients in counts:
         for kind in ("codecollab", "peer"):
-            result = typing_run(kind, clients, arguments.seconds, arguments.rate)
+            result = typing_run(
+                kind, clients, arguments.seconds, arguments.rate, arguments.load_processes
+            )
             print(json.dumps(asdict(result)), flush=True)
             report.typing.append(result)
-    for kind in ("codecollab", "peer"):
+    for kind in () if arguments.typing_only else ("codecollab", "peer"):
         report.idle[kind] = idle_run(kind, arguments.idle_clients)
         print(kind, "idle", json.dumps(report.idle[kind]), flush=True)
         report.newcomer[kind] = newcomer_run(kind, 1024 * 1024, newcomers=7)

@@ -125,6 +125,21 @@ def drop_cluster_state(schema: str, channel: str) -> None:
     client.close()
 
 
+def handle_messages_in_order(client: Any) -> None:
+    """Make a python-socketio client handle received messages one at a time, in order.
+
+    python-engineio's client starts a thread per message, so a binary event's attachment can be
+    decoded before its placeholder, which fails with ``ValueError``. The server writes both
+    frames with one call, which makes that race frequent.
+    """
+    trigger = client.eio._trigger_event
+
+    def in_order(event: str, *args: Any, run_async: bool = False, **kwargs: Any) -> Any:
+        return trigger(event, *args, run_async=False, **kwargs)
+
+    client.eio._trigger_event = in_order
+
+
 def peer_worker(urls: list[str], session: str, expected: int, ready: Any, results: Any) -> None:
     """Connect one peer per URL, record arrival times of ``expected`` updates, report them."""
     import socketio
@@ -136,6 +151,7 @@ def peer_worker(urls: list[str], session: str, expected: int, ready: Any, result
     clients = []
     for index, url in enumerate(urls):
         client = socketio.Client(reconnection=False)
+        handle_messages_in_order(client)
 
         def on_sync(data: bytes, times: list[int] = arrivals[index]) -> None:
             received = time.perf_counter_ns()
@@ -222,6 +238,7 @@ def run_deployment(deployment: str, round_index: int, args: argparse.Namespace) 
         assert connected == args.peers
 
         typist = socketio.Client(reconnection=False)
+        handle_messages_in_order(typist)
         typist.connect(
             urls[0],
             auth={"session": session, "clientId": "typist", "name": "typist"},

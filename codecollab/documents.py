@@ -150,6 +150,10 @@ class RoomManager:
         self._rooms: dict[str, Room] = {}
         self._lock = threading.Lock()
         self.on_update: UpdateListener | None = None
+        # Called after an update is relayed and before it is stored. The server passes a
+        # zero-second cooperative sleep, so the relay's writes to peers go out before the
+        # storage commit blocks the gevent loop.
+        self.before_store: Callable[[], None] | None = None
         # Called with each room just loaded from storage, before anyone can use it. Several
         # processes use it to apply updates that were relayed but not yet stored.
         self.on_load: Callable[[Room], None] | None = None
@@ -317,6 +321,8 @@ class RoomManager:
             self._relay(room, update, origin)
         # The commit runs outside the room lock, so the next update of the session is applied
         # and relayed meanwhile: a PostgreSQL commit with fsync takes milliseconds.
+        if self.before_store is not None:
+            self.before_store()
         self._append(room, update)
 
     def replace_text(self, room: Room, new_text: str) -> TextChange:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import socket
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -86,16 +85,11 @@ class EditorServer:
             self.shutdown()
 
     def _serve_gevent(self) -> None:
-        # socketio.run() would build the same server, but without TCP_NODELAY: a binary event
-        # is two small WebSocket frames, and Nagle's algorithm holds the second one back until
-        # the client's delayed ACK, adding up to 40 ms to every relayed edit.
+        # socketio.run() would build the same server, but with gevent-websocket's own handler:
+        # NoDelayHandler adds TCP_NODELAY and writes each binary event with one call.
         from gevent import pywsgi
-        from geventwebsocket.handler import WebSocketHandler
 
-        class NoDelayHandler(WebSocketHandler):
-            def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                super().__init__(sock, address, server, rfile)
+        from codecollab.gevent_websocket import NoDelayHandler
 
         # NOTE: gevent-websocket reads a whole frame before Engine.IO compares it with
         # max_http_buffer_size, so one huge frame is buffered in memory before it is rejected.
@@ -188,6 +182,7 @@ def create_server(settings: Settings) -> EditorServer:
             seed_language=settings.seed_language,
         ),
     )
+    rooms.before_store = lambda: socketio.sleep(0)
     limits = build_limits(app, settings)
     cluster = build_cluster(settings, socketio, rooms)
     transport = EditorTransport(socketio, rooms, limits, settings, cluster)

@@ -32,6 +32,7 @@ from redis import RedisError
 from codecollab.config import Settings
 from codecollab.documents import Room, RoomManager
 from codecollab.errors import EditorError, InvalidMessage, MessageTooLarge, RateLimited
+from codecollab.fanout import DirectFanout
 from codecollab.presence import Participant, clean_color, clean_display_name, color_for
 from codecollab.session_ids import is_valid_client_id, session_id_problem
 from codecollab.throttling import Limits
@@ -106,6 +107,11 @@ class EditorTransport:
         self._settings = settings
         self._cluster = cluster
         self._connections: dict[str, Connection] = {}
+        # Direct writes need the gevent server's WebSocket connections. With a message queue,
+        # every broadcast must go through Flask-SocketIO's emit, which publishes it to the
+        # other processes.
+        direct = settings.async_mode == "gevent" and cluster is None
+        self._fanout = DirectFanout(socketio.server) if direct else None
         # Sessions with a presence event scheduled, guarded by the lock.
         self._presence_pending: set[str] = set()
         self._presence_lock = threading.Lock()
@@ -160,6 +166,8 @@ class EditorTransport:
 
         self._connections[sid] = Connection(sid, session_id, client_id, ip, room)
         join_room(room_name(session_id))
+        if self._fanout is not None:
+            self._fanout.register(sid, request.environ.get("wsgi.websocket"))
         emit("sync", encode_sync_message(SyncMessageType.STEP1, room.state_vector()))
         with room.lock:
             awareness = room.awareness.snapshot()
@@ -187,6 +195,8 @@ class EditorTransport:
         if connection is None:
             return
         connection.closed = True
+        if self._fanout is not None:
+            self._fanout.unregister(sid)
         room = connection.room
         _participant, removal = self._rooms.leave(room, sid)
         with room.lock:
@@ -283,7 +293,7 @@ class EditorTransport:
         if change.accepted:
             relay = data if len(change.accepted) == len(entries) else None
             relay = relay or encode_awareness_update(change.accepted)
-            self._socketio.emit("awareness", relay, to=target, skip_sid=connection.sid)
+            self._broadcast("awareness", relay, target, skip_sid=connection.sid)
         if self._cluster is not None and renamed is not None:
             self._cluster.renamed(connection.session_id, renamed)
         elif presence is not None:
@@ -320,12 +330,18 @@ class EditorTransport:
         return room.presence.update_user(sid, name, clean_color(user.get("color")))
 
     def _relay_update(self, room: Room, update: bytes, origin: str | None) -> None:
-        self._socketio.emit(
-            "sync",
-            encode_sync_message(SyncMessageType.UPDATE, update),
-            to=room_name(room.session_id),
-            skip_sid=origin,
-        )
+        message = encode_sync_message(SyncMessageType.UPDATE, update)
+        self._broadcast("sync", message, room_name(room.session_id), skip_sid=origin)
+
+    def _broadcast(self, event: str, data: bytes, target: str, skip_sid: str | None) -> None:
+        """Send a binary event to every connection of the room ``target`` but ``skip_sid``."""
+        if self._fanout is None:
+            self._socketio.emit(event, data, to=target, skip_sid=skip_sid)
+            return
+        queued = self._fanout.emit(event, data, target, skip_sid)
+        if queued:
+            # Every connection is also a room of its own sid.
+            self._socketio.emit(event, data, to=queued)
 
     # Rate limiting
 

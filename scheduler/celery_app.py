@@ -31,6 +31,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from scheduler.config import Settings
+from scheduler.result_backend import backend_url
 from scheduler.sqlite_broker import register as register_sqlite_broker
 
 logger = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def make_celery(settings: Settings, *, producer: bool = False) -> Celery:
     video_queue, io_queue = settings.video_queue, settings.io_queue
     app.conf.update(
         broker_url=settings.broker_url,
-        result_backend=settings.result_backend,
+        result_backend=backend_url(settings.result_backend),
         broker_transport_options=transport_options,
         broker_connection_timeout=settings.publish_timeout,
         broker_connection_retry_on_startup=True,
@@ -152,10 +153,15 @@ def make_celery(settings: Settings, *, producer: bool = False) -> Celery:
         # The task store records the start; a STARTED write to the result backend would
         # cost a second database commit per task.
         task_track_started=False,
+        # The task store keeps every task's state and result, and GET /tasks/<id> reads it
+        # there; a second copy in the result backend cost a third of a short task's CPU.
+        task_ignore_result=not settings.store_results,
         task_publish_retry=False,
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
-        worker_send_task_events=True,
+        # Celery's default: workers send task events only after a monitor asks for them.
+        # Flower does so when it starts, so it still shows every task.
+        worker_send_task_events=False,
         task_send_sent_event=False,
         result_expires=timedelta(days=settings.result_expires_days),
         result_extended=True,

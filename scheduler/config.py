@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from envconfig import ConfigError, env_float, env_int, env_str, load_env, repo_root
+from envconfig import ConfigError, env_bool, env_float, env_int, env_str, load_env, repo_root
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +35,15 @@ class Settings:
 
     host: str
     port: int
+    # Producer processes forked by the HTTP server, and request threads in each.
+    processes: int
+    threads: int
     # Folder of the embedded broker, the result database, the task store and beat's schedule.
     state_dir: Path
     broker_url: str
     result_backend: str
+    # Whether workers also store each task's return value in ``result_backend``.
+    store_results: bool
     # Folder for uploads (``uploads/``) and task outputs (``<task_id>/``).
     media_root: Path
     # SQLite file of the task store: every accepted task, its state and its result.
@@ -121,8 +126,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         host=env_str("SCHEDULER_HOST", "127.0.0.1", environ),
         state_dir=state_dir,
         port=env_int("SCHEDULER_PORT", 5000, minimum=0, maximum=65535, environ=environ),
+        processes=env_int("SCHEDULER_PROCESSES", 1, minimum=1, maximum=64, environ=environ),
+        threads=env_int("SCHEDULER_THREADS", 64, minimum=1, maximum=1000, environ=environ),
         broker_url=env_str("CELERY_BROKER_URL", default_broker, environ),
         result_backend=env_str("CELERY_RESULT_BACKEND", default_backend, environ),
+        store_results=env_bool("CELERY_STORE_RESULTS", True, environ),
         media_root=_resolve(env_str("MEDIA_ROOT", "var/media", environ)),
         task_db=_resolve(env_str("SCHEDULER_TASK_DB", str(state_dir / "tasks.db"), environ)),
         outbox=_resolve(env_str("SCHEDULER_OUTBOX", "var/outbox", environ)),
@@ -167,6 +175,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     )
     _check_time_limits(settings)
     _check_s3_credentials(settings)
+    _check_shared_rate_limits(settings)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     return settings
 
@@ -188,6 +197,16 @@ def _check_time_limits(settings: Settings) -> None:
                 "still running the task; raise consumer_timeout in rabbitmq.conf and set "
                 "RABBITMQ_CONSUMER_TIMEOUT to match"
             )
+
+
+def _check_shared_rate_limits(settings: Settings) -> None:
+    if settings.processes > 1 and settings.rate_limit_storage.startswith("memory"):
+        raise ConfigError(
+            f"SCHEDULER_PROCESSES={settings.processes} needs shared rate-limit storage, but"
+            f" RATELIMIT_STORAGE_URL is {settings.rate_limit_storage!r}: each process would"
+            " keep its own buckets and admit every client once per process. Set"
+            " RATELIMIT_STORAGE_URL=redis://127.0.0.1:6379/0, or SCHEDULER_PROCESSES=1"
+        )
 
 
 # S3 bucket names: 3 to 63 lowercase letters, digits, dots and hyphens.

@@ -114,9 +114,9 @@ def create_app(
     if settings.embedded_broker:
         logger.warning(EMBEDDED_BROKER_LIMITS)
 
-    def accepted(record: TaskRecord, created: bool) -> tuple[Response, int, dict[str, str]]:
-        status_url = url_for("get_task", task_id=record.id, _external=True)
-        response = jsonify(task_id=record.id, status_url=status_url)
+    def accepted(task_id: str, created: bool) -> tuple[Response, int, dict[str, str]]:
+        status_url = url_for("get_task", task_id=task_id, _external=True)
+        response = jsonify(task_id=task_id, status_url=status_url)
         headers = {"Location": status_url}
         if not created:
             headers["Idempotent-Replayed"] = "true"
@@ -124,7 +124,12 @@ def create_app(
 
     def submit(
         task_id: str, kind: str, params: dict[str, Any], run_at: float | None, key: str | None
-    ) -> tuple[TaskRecord, bool]:
+    ) -> tuple[str, bool]:
+        """Record and queue a task.
+
+        :return: the task id (the original task's on an idempotent replay) and whether a
+            new task was created.
+        """
         if run_at is not None:
             # A scheduled task is published later by the dispatcher, but a broker that is
             # down now still gets a 503, so the client never gets an id that cannot run.
@@ -133,14 +138,14 @@ def create_app(
                 raise BrokerUnavailable(f"the message broker is unreachable: {problem}")
         record, created = store.insert(task_id, kind, params, run_at=run_at, idempotency_key=key)
         if not created or run_at is not None:
-            return record, created
+            return record.id, created
         try:
             publisher.publish(record)
         except BrokerUnavailable:
             store.delete(task_id)
             raise
         store.confirm_queued(task_id)
-        return store.get(task_id) or record, True
+        return task_id, True
 
     @app.errorhandler(inputs.InvalidInput)
     def invalid_input(exc: inputs.InvalidInput) -> tuple[Response, int]:
@@ -226,7 +231,7 @@ def create_app(
             media_store.save_upload(part_path, stored_name)
             params = {"upload": stored_name, "height": height, "thumbnails": thumbnails}
             try:
-                record, created = submit(task_id, "process-video", params, run_at, key)
+                accepted_id, created = submit(task_id, "process-video", params, run_at, key)
             except BaseException:
                 _discard_upload(media_store, stored_name)
                 raise
@@ -234,14 +239,14 @@ def create_app(
                 _discard_upload(media_store, stored_name)
             logger.info(
                 "accepted video task %s (%s, %dx%d, %.1f s, client %s)",
-                record.id,
+                accepted_id,
                 upload.filename,
                 info.width,
                 info.height,
                 info.duration,
                 request.remote_addr,
             )
-            return accepted(record, created)
+            return accepted(accepted_id, created)
         finally:
             for stream in parts:
                 name = getattr(stream, "name", None)
@@ -257,8 +262,7 @@ def create_app(
         run_at = inputs.parse_schedule(body)
         key = inputs.parse_idempotency_key(request.headers.get("Idempotency-Key"))
         params = {"since": report.since, "until": report.until}
-        record, created = submit(str(uuid.uuid4()), "generate-report", params, run_at, key)
-        return accepted(record, created)
+        return accepted(*submit(str(uuid.uuid4()), "generate-report", params, run_at, key))
 
     @app.post("/send-emails")
     @limiter.limit(settings.post_rate_limit)
@@ -268,8 +272,7 @@ def create_app(
         run_at = inputs.parse_schedule(body)
         key = inputs.parse_idempotency_key(request.headers.get("Idempotency-Key"))
         params = {"recipients": email.recipients, "subject": email.subject, "body": email.body}
-        record, created = submit(str(uuid.uuid4()), "send-emails", params, run_at, key)
-        return accepted(record, created)
+        return accepted(*submit(str(uuid.uuid4()), "send-emails", params, run_at, key))
 
     def find(task_id: str) -> TaskRecord:
         record = store.get(task_id) if _TASK_ID.match(task_id) else None

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,10 @@ CREATE INDEX IF NOT EXISTS tasks_due ON tasks (dispatched, run_at);
 """
 
 _NEXT_SEQ = "(SELECT COALESCE(MAX(seq), 0) + 1 FROM tasks)"
+_INSERT = (
+    "INSERT INTO tasks (id, kind, state, params, created_at, updated_at, run_at, dispatched,"
+    f" idempotency_key, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, {_NEXT_SEQ})"
+)
 
 
 def isoformat(timestamp: float | None) -> str | None:
@@ -223,10 +227,47 @@ class TaskStore:
         :raises IdempotencyConflict: when the key belongs to a task of another kind.
         """
         now = time.time()
+        if idempotency_key is None:
+            # No key to look up: one INSERT, which is its own transaction.
+            record = self._new_record(task_id, kind, params, now, run_at)
+            rows = self._write(_INSERT + " RETURNING seq", self._insert_values(record, None))
+            return replace(record, seq=rows[0][0]), True
         with self._connection() as conn, self._write_lock:
-            return self._insert(conn, now, task_id, kind, params, run_at, idempotency_key)
+            return self._insert_keyed(conn, now, task_id, kind, params, run_at, idempotency_key)
 
-    def _insert(
+    @staticmethod
+    def _new_record(
+        task_id: str, kind: str, params: dict[str, Any], now: float, run_at: float | None
+    ) -> TaskRecord:
+        return TaskRecord(
+            id=task_id,
+            kind=kind,
+            state=QUEUED if run_at is not None else SUBMITTING,
+            percent=0.0,
+            message="",
+            params=params,
+            result=None,
+            error=None,
+            created_at=now,
+            updated_at=now,
+            run_at=run_at,
+        )
+
+    @staticmethod
+    def _insert_values(record: TaskRecord, idempotency_key: str | None) -> tuple[Any, ...]:
+        return (
+            record.id,
+            record.kind,
+            record.state,
+            json.dumps(record.params, allow_nan=False),
+            record.created_at,
+            record.updated_at,
+            record.run_at,
+            0 if record.run_at is not None else 1,
+            idempotency_key,
+        )
+
+    def _insert_keyed(
         self,
         conn: sqlite3.Connection,
         now: float,
@@ -234,47 +275,31 @@ class TaskStore:
         kind: str,
         params: dict[str, Any],
         run_at: float | None,
-        idempotency_key: str | None,
+        idempotency_key: str,
     ) -> tuple[TaskRecord, bool]:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if idempotency_key is not None:
-                row = conn.execute(
-                    "SELECT * FROM tasks WHERE idempotency_key = ?", (idempotency_key,)
-                ).fetchone()
-                if row is not None and row["created_at"] > now - IDEMPOTENCY_TTL:
-                    conn.execute("COMMIT")
-                    existing = _record(row)
-                    if existing.kind != kind:
-                        raise IdempotencyConflict(idempotency_key, existing)
-                    return existing, False
-                if row is not None:
-                    conn.execute(
-                        "UPDATE tasks SET idempotency_key = NULL WHERE id = ?", (row["id"],)
-                    )
-            state = QUEUED if run_at is not None else SUBMITTING
-            conn.execute(
-                "INSERT INTO tasks (id, kind, state, params, created_at, updated_at, run_at,"
-                f" dispatched, idempotency_key, seq) VALUES (?,?,?,?,?,?,?,?,?,{_NEXT_SEQ})",
-                (
-                    task_id,
-                    kind,
-                    state,
-                    json.dumps(params, allow_nan=False),
-                    now,
-                    now,
-                    run_at,
-                    0 if run_at is not None else 1,
-                    idempotency_key,
-                ),
-            )
+            row = conn.execute(
+                "SELECT * FROM tasks WHERE idempotency_key = ?", (idempotency_key,)
+            ).fetchone()
+            if row is not None and row["created_at"] > now - IDEMPOTENCY_TTL:
+                conn.execute("COMMIT")
+                existing = _record(row)
+                if existing.kind != kind:
+                    raise IdempotencyConflict(idempotency_key, existing)
+                return existing, False
+            if row is not None:
+                conn.execute("UPDATE tasks SET idempotency_key = NULL WHERE id = ?", (row["id"],))
+            record = self._new_record(task_id, kind, params, now, run_at)
+            seq = conn.execute(
+                _INSERT + " RETURNING seq", self._insert_values(record, idempotency_key)
+            ).fetchone()[0]
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        return _record(row), True
+        return replace(record, seq=seq), True
 
     def confirm_queued(self, task_id: str) -> None:
         """Move a task from ``submitting`` to ``queued`` once the broker confirmed it."""

@@ -49,6 +49,9 @@ settings = load_settings()
 celery_app = make_celery(settings)
 store = open_task_store(settings)
 media_store = mediastore.open_media_store(settings)
+# Publishes scheduled tasks for dispatch_due; its connections are opened on first use, so a
+# prefork child opens its own.
+publisher = Publisher(celery_app, settings, max_connections=2)
 # The dispatcher runs every few seconds; its routine Celery lines go to DEBUG.
 quiet_housekeeping([DISPATCH_DUE])
 
@@ -371,7 +374,6 @@ def _mail_result(statuses: list[dict[str, str]]) -> dict[str, Any]:
 @celery_app.task(name=DISPATCH_DUE, ignore_result=True)
 def dispatch_due() -> int:
     """Publish the scheduled tasks whose ``run_at`` has passed; return how many."""
-    publisher = Publisher(celery_app, settings)
     sent = 0
     for record in store.claim_due(time.time()):
         try:

@@ -2,18 +2,31 @@
 // CodeCollab (Socket.IO, docs/protocol.md) or @y/websocket-server (plain y-websocket
 // protocol). Both kinds of client run the same Yjs logic, so only the server differs.
 //
-// Usage: node load.mjs '<json options>'; prints one JSON result line on stdout.
+// Usage: node load.mjs '<json options>'; prints JSON result lines on stdout.
 //   {"server": "codecollab" | "peer", "url": "http://127.0.0.1:3000", "session": "...",
-//    "mode": "typing" | "idle" | "newcomer", "clients": 100, "seconds": 10, "rate": 20,
-//    "holdSeconds": 5, "documentBytes": 1048576, "newcomers": 5}
+//    "mode": "typist" | "peers" | "idle" | "newcomer", "clients": 100, "firstIndex": 0,
+//    "seconds": 10, "rate": 20, "holdSeconds": 5, "documentBytes": 1048576, "newcomers": 5}
 //
-// typing:   every client syncs, then client 0 appends `rate` characters per second for
-//           `seconds`; each other client records when each character arrives.
+// typist:   one client syncs and prints {"ready": true}. On the stdin line `go` it appends
+//           `rate` characters per second for `seconds` and prints the send time of each.
+// peers:    `clients` clients sync and print {"ready": true}, then record the receipt time
+//           of every character. On the stdin line `report <hash>` they wait until every
+//           client's text has that hash (60 s at most), then print the receipt times and a
+//           hash of each client's text, for the convergence check.
 // idle:     every client syncs, prints {"ready": true}, and stays connected `holdSeconds`.
 // newcomer: one client writes a document of `documentBytes`, then `newcomers` fresh clients
 //           connect one after another and each records connect-to-synced time.
+//
+// Times are milliseconds of CLOCK_MONOTONIC (process.hrtime), which every process on the
+// machine shares, so a send time in the typist's process and a receipt time in a peers process
+// can be subtracted. A message is timestamped as soon as its event fires, before it is
+// decoded and applied: the Yjs work runs later (setImmediate), after every message that
+// arrived in the same event-loop turn has its timestamp. So the figure measures arrival at the
+// client, not the backlog of one Node.js process applying updates for many clients.
 
+import { createHash } from 'node:crypto'
 import { performance } from 'node:perf_hooks'
+import { createInterface } from 'node:readline'
 import * as decoding from 'lib0/decoding'
 import * as encoding from 'lib0/encoding'
 import { io } from 'socket.io-client'
@@ -23,6 +36,22 @@ import * as Y from 'yjs'
 
 const options = JSON.parse(process.argv[2])
 const SYNC_TIMEOUT_MS = 120_000
+const CONVERGE_TIMEOUT_MS = 60_000
+
+/** Milliseconds of CLOCK_MONOTONIC, comparable between processes of this machine. */
+const monotonicMs = () => Number(process.hrtime.bigint()) / 1e6
+
+// Received messages wait here until the next setImmediate, so that every message of one
+// event-loop turn is timestamped before any of them is decoded and applied.
+const inbox = []
+function deliverLater (deliver) {
+  if (inbox.length === 0) setImmediate(drainInbox)
+  inbox.push(deliver)
+}
+function drainInbox () {
+  const batch = inbox.splice(0)
+  for (const deliver of batch) deliver()
+}
 
 /** A Yjs document kept in sync with the server; `synced` resolves on the server's step 2. */
 class Client {
@@ -33,6 +62,32 @@ class Client {
     this.doc.on('update', (update, origin) => {
       if (origin !== this) this.sendUpdate(update)
     })
+    // Set by startRecording: arrivals[k] is the receipt time of the k-th appended character.
+    this.arrivals = null
+    // Why the server closed the connection, if it did before close() was called.
+    this.lostReason = null
+    this.closing = false
+  }
+
+  startRecording () {
+    this.base = this.text.length
+    this.arrivals = []
+  }
+
+  /** Applies a received sync message later, stamped with its receipt time `receivedAt`. */
+  receive (data, receivedAt, reply) {
+    deliverLater(() => {
+      const answer = this.handleSync(decoding.createDecoder(data))
+      if (answer) reply(answer)
+      if (this.arrivals === null) return
+      for (let k = this.arrivals.length; k < this.text.length - this.base; k++) {
+        this.arrivals.push(receivedAt)
+      }
+    })
+  }
+
+  textHash () {
+    return createHash('sha256').update(this.text.toString()).digest('hex')
   }
 
   /** Applies one sync message and returns the reply to send, if any. */
@@ -66,11 +121,11 @@ class CodeCollabClient extends Client {
       auth: { session, clientId: `bench-${process.pid}-${index}`, name: `bench ${index}` }
     })
     this.socket.on('sync', (data) => {
-      const reply = this.handleSync(decoding.createDecoder(new Uint8Array(data)))
-      if (reply) this.socket.emit('sync', reply)
+      this.receive(new Uint8Array(data), monotonicMs(), (reply) => this.socket.emit('sync', reply))
     })
     this.socket.on('connect', () => this.socket.emit('sync', this.step1()))
     this.socket.on('connect_error', (error) => fail(`connect_error: ${error.message}`))
+    this.socket.on('disconnect', (reason) => { if (!this.closing) this.lostReason = reason })
     return this.synced
   }
 
@@ -78,7 +133,10 @@ class CodeCollabClient extends Client {
     this.socket.emit('sync', this.updateMessage(update))
   }
 
-  close () { this.socket.close() }
+  close () {
+    this.closing = true
+    this.socket.close()
+  }
 }
 
 /** A y-websocket client: every message starts with varUint(0) for sync. */
@@ -88,12 +146,13 @@ class PeerClient extends Client {
     this.ws.binaryType = 'arraybuffer'
     this.ws.on('open', () => this.ws.send(withSyncPrefix(this.step1())))
     this.ws.on('message', (data) => {
-      const decoder = decoding.createDecoder(new Uint8Array(data))
-      if (decoding.readVarUint(decoder) !== 0) return // awareness
-      const reply = this.handleSync(decoder)
-      if (reply) this.ws.send(withSyncPrefix(reply))
+      const receivedAt = monotonicMs()
+      const message = new Uint8Array(data)
+      if (message[0] !== 0) return // awareness; the sync prefix varUint(0) is one byte
+      this.receive(message.subarray(1), receivedAt, (reply) => this.ws.send(withSyncPrefix(reply)))
     })
     this.ws.on('error', (error) => fail(`websocket error: ${error.message}`))
+    this.ws.on('close', (code) => { if (!this.closing) this.lostReason = `close code ${code}` })
     return this.synced
   }
 
@@ -101,7 +160,10 @@ class PeerClient extends Client {
     if (this.ws.readyState === WebSocket.OPEN) this.ws.send(withSyncPrefix(this.updateMessage(update)))
   }
 
-  close () { this.ws.close() }
+  close () {
+    this.closing = true
+    this.ws.close()
+  }
 }
 
 function withSyncPrefix (message) {
@@ -149,23 +211,24 @@ function percentile (sorted, p) {
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]
 }
 
-async function typing () {
-  const { clients, connectMs } = await connectAll(options.clients)
-  const [typist, ...peers] = clients
-  await sleep(500)
-
-  const sentAt = []
-  const latencies = []
-  const base = typist.text.length
-  for (const peer of peers) {
-    let seen = peer.text.length - base
-    peer.doc.on('update', () => {
-      const now = performance.now()
-      const length = peer.text.length - base
-      for (; seen < length; seen++) latencies.push(now - sentAt[seen])
+/** Resolves with the argument of the next stdin line whose first word is `word`. */
+function nextCommand (word) {
+  return new Promise((resolve) => {
+    lines.on('line', function listener (line) {
+      const [first, argument = ''] = line.trim().split(' ', 2)
+      if (first !== word) return
+      lines.off('line', listener)
+      resolve(argument)
     })
-  }
+  })
+}
 
+async function typist () {
+  const { clients: [client], connectMs } = await connectAll(1)
+  report({ ready: true, connectMs })
+  await nextCommand('go')
+
+  const sent = []
   const total = Math.round(options.seconds * options.rate)
   const interval = 1000 / options.rate
   const start = performance.now()
@@ -173,22 +236,32 @@ async function typing () {
     const due = start + k * interval
     const wait = due - performance.now()
     if (wait > 0) await sleep(wait)
-    sentAt.push(performance.now())
-    typist.text.insert(typist.text.length, String.fromCharCode(97 + (k % 26)))
+    sent.push(monotonicMs())
+    client.text.insert(client.text.length, String.fromCharCode(97 + (k % 26)))
   }
-  await sleep(2000)
+  report({ sent, text: client.textHash(), disconnected: client.lostReason })
+  await nextCommand('close')
+  client.close()
+}
 
-  const expected = total * peers.length
-  latencies.sort((a, b) => a - b)
+async function peers () {
+  const { clients, connectMs } = await connectAll(options.clients, options.firstIndex)
+  for (const client of clients) client.startRecording()
+  report({ ready: true, connectMs })
+  // `report <hash>`: wait up to CONVERGE_TIMEOUT_MS for every connected client's text to hash
+  // to <hash>, so that late edits are still checked for loss and duplication.
+  const expected = await nextCommand('report')
+  const deadline = performance.now() + CONVERGE_TIMEOUT_MS
+  const behind = () => clients.some((client) => client.lostReason === null && client.textHash() !== expected)
+  while (behind() && performance.now() < deadline) {
+    await sleep(100)
+  }
   report({
-    connectMs,
-    sent: total,
-    delivered: latencies.length,
-    missing: expected - latencies.length,
-    p50: percentile(latencies, 50),
-    p99: percentile(latencies, 99),
-    max: latencies.at(-1) ?? null
+    arrivals: clients.map((client) => client.arrivals),
+    texts: clients.map((client) => client.textHash()),
+    lost: clients.map((client) => client.lostReason)
   })
+  await nextCommand('close')
   for (const client of clients) client.close()
 }
 
@@ -223,5 +296,6 @@ function report (result) {
   process.stdout.write(JSON.stringify(result) + '\n')
 }
 
-const modes = { typing, idle, newcomer }
+const lines = createInterface({ input: process.stdin })
+const modes = { typist, peers, idle, newcomer }
 modes[options.mode]().then(() => process.exit(0), (error) => fail(error.stack || String(error)))

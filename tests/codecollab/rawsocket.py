@@ -17,9 +17,13 @@ import websocket
 class RawSocketIOClient:
     """A Socket.IO client on the default namespace, driven by hand."""
 
-    def __init__(self, port: int, auth: dict[str, Any]) -> None:
+    def __init__(
+        self, port: int, auth: dict[str, Any], sockopt: tuple[tuple[int, int, int], ...] = ()
+    ) -> None:
         self.ws = websocket.create_connection(
-            f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket", timeout=10
+            f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket",
+            timeout=10,
+            sockopt=sockopt,
         )
         opening = self.ws.recv()
         if not opening.startswith("0"):

@@ -15,6 +15,7 @@ import av
 import pytest
 
 from scheduler import media
+from scheduler.celery_app import make_celery
 from tests.scheduler.conftest import make_client, upload, wait_for_state
 
 # The broker name that GET /healthz reports.
@@ -85,6 +86,15 @@ def test_report_and_emails_e2e(broker_env, start_worker) -> None:
     statuses = [r["status"] for r in mail_task["result"]["recipients"]]
     assert statuses == ["written", "invalid"]
     assert len(list((settings.outbox / mail_task["id"]).glob("*.eml"))) == 1
+    # A fresh Celery app reads the worker's copy from the result backend's database. The worker
+    # writes it after the task store records success, so it may lag by a moment.
+    backend = make_celery(settings).backend
+    deadline = time.monotonic() + 10
+    while (stored := backend.get_task_meta(mail_task["id"]))["status"] == "PENDING":
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert stored["status"] == "SUCCESS"
 
     report = client.post("/generate-report", json={"since": "2000-01-01T00:00:00Z"})
     task = wait_for_state(client, report.get_json()["task_id"], {"succeeded", "failed"})
@@ -118,7 +128,7 @@ def test_failed_task_dead_lettered(broker_env, start_worker, clip_path: Path) ->
 
 
 def test_cleanup_removes_old_outputs(broker_env, start_worker, clip_path: Path) -> None:
-    from scheduler.celery_app import CLEANUP_OUTPUTS, make_celery
+    from scheduler.celery_app import CLEANUP_OUTPUTS
     from scheduler.taskstore import TaskStore
 
     env = {**broker_env, "OUTPUT_RETENTION_DAYS": "1"}
