@@ -102,7 +102,7 @@ class ClientIP:
     def from_environ(self, environ: Mapping[str, Any]) -> str:
         """Return the key of a WSGI request."""
         remote = environ.get("REMOTE_ADDR") or ""
-        if not self.trusts_proxies:
+        if not (self.hops or self.networks):
             return self._key_of(remote)
         return self._key_of(self.resolve(remote, environ.get(self._environ_key)))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from operator import itemgetter
+from typing import Protocol
 
 from .policy import Policy
 
@@ -24,8 +26,26 @@ class BucketState:
     retry_after: float
 
 
-class Decision:
-    """One check's verdict. Response headers are computed from this object alone.
+class RetrySource(Protocol):
+    """A bucket that computes a rejected request's retry time only when it is read."""
+
+    def retry_after(self, backlog: int, cost: int) -> float:
+        """Seconds until a bucket ``backlog`` time units behind full admits ``cost``.
+
+        Never rounded down; ``math.inf`` when ``cost`` exceeds the capacity. The backlog is
+        captured at the check, so the result never changes between reads.
+        """
+        ...
+
+
+# Positions in the tuple behind a Decision. A decision stores its retry time, or None with a
+# RetrySource and a backlog that compute it when it is read.
+_ALLOWED, _LIMITED, _KEY, _COST, _POLICY, _STORAGE_ERROR, _DRY_RUN = range(7)
+_REMAINING, _RESET_AFTER, _RETRY_AFTER, _SOURCE, _BACKLOG, _STATES = range(7, 13)
+
+
+class Decision(tuple):
+    """One check's verdict, immutable. Response headers are computed from this object alone.
 
     When several policies apply, the deciding policy is the one with the longest
     ``retry_after`` on a rejection, and the one with the fewest tokens left on an admission.
@@ -45,26 +65,18 @@ class Decision:
     - ``storage_error``: whether storage failed, so ``on_storage_error`` decided.
     - ``dry_run``: whether dry-run mode let a limited request through.
     - ``states``: every policy's :class:`BucketState`, in policy order.
+
+    A check builds one decision per request, so the class is a tuple underneath, which one
+    C call builds and whose fields read without a Python call. The memory backend's
+    single-policy path leaves ``retry_after`` of a rejection to be computed, from the backlog
+    captured at the check, only when it is read. Decisions compare by identity, like plain
+    objects.
     """
 
-    # A plain class with slots: checks build one per request, and a dataclass __init__
-    # with defaults costs a measurable share of a memory-backend check.
-    __slots__ = (
-        "allowed",
-        "remaining",
-        "retry_after",
-        "reset_after",
-        "policy",
-        "key",
-        "cost",
-        "limited",
-        "storage_error",
-        "dry_run",
-        "_states",
-    )
+    __slots__ = ()
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         allowed: bool,
         remaining: int,
         retry_after: float,
@@ -76,31 +88,52 @@ class Decision:
         storage_error: bool = False,
         dry_run: bool = False,
         states: tuple[BucketState, ...] | None = None,
-    ) -> None:
-        self.allowed = allowed
-        self.remaining = remaining
-        self.retry_after = retry_after
-        self.reset_after = reset_after
-        self.policy = policy
-        self.key = key
-        self.cost = cost
-        self.limited = limited
-        self.storage_error = storage_error
-        self.dry_run = dry_run
-        self._states = states
+    ) -> Decision:
+        fields = (
+            allowed,
+            limited,
+            key,
+            cost,
+            policy,
+            storage_error,
+            dry_run,
+            remaining,
+            reset_after,
+            retry_after,
+            None,
+            0,
+            states,
+        )
+        return tuple.__new__(cls, fields)
+
+    allowed: bool = property(itemgetter(_ALLOWED), doc="Whether the request may proceed.")  # type: ignore[assignment]
+    limited: bool = property(itemgetter(_LIMITED), doc="Whether the buckets rejected it.")  # type: ignore[assignment]
+    key: str = property(itemgetter(_KEY), doc="The client key that was checked.")  # type: ignore[assignment]
+    cost: int = property(itemgetter(_COST), doc="The cost that was requested.")  # type: ignore[assignment]
+    policy: Policy | None = property(itemgetter(_POLICY), doc="The deciding policy.")  # type: ignore[assignment]
+    storage_error: bool = property(itemgetter(_STORAGE_ERROR), doc="Whether storage failed.")  # type: ignore[assignment]
+    dry_run: bool = property(itemgetter(_DRY_RUN), doc="Whether dry run let it through.")  # type: ignore[assignment]
+    remaining: int = property(itemgetter(_REMAINING), doc="Whole tokens left.")  # type: ignore[assignment]
+    reset_after: float = property(itemgetter(_RESET_AFTER), doc="Seconds until full again.")  # type: ignore[assignment]
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until the request would be admitted (see the class docstring)."""
+        retry_after = self[_RETRY_AFTER]
+        if retry_after is None:
+            return self[_SOURCE].retry_after(self[_BACKLOG], self[_COST])
+        return retry_after
 
     @property
     def states(self) -> tuple[BucketState, ...]:
         """The state of every policy's bucket, in policy order; empty when storage failed."""
-        if self._states is None:
-            if self.policy is None:
-                self._states = ()
-            else:
-                # A single-policy check: its one bucket is the deciding one.
-                self._states = (
-                    BucketState(self.policy, self.remaining, self.reset_after, self.retry_after),
-                )
-        return self._states
+        states = self[_STATES]
+        if states is not None:
+            return states
+        if self[_POLICY] is None:
+            return ()
+        # A single-policy check: its one bucket is the deciding one.
+        return (BucketState(self[_POLICY], self[_REMAINING], self[_RESET_AFTER], self.retry_after),)
 
     @property
     def retry_after_seconds(self) -> int | None:
@@ -109,9 +142,32 @@ class Decision:
         ``None`` when the request was admitted, or when no retry can ever succeed because
         the cost exceeds a policy's capacity.
         """
-        if not (self.limited or self.storage_error) or math.isinf(self.retry_after):
+        if not (self[_LIMITED] or self[_STORAGE_ERROR]):
             return None
-        return max(1, math.ceil(self.retry_after))
+        retry_after = self.retry_after
+        if math.isinf(retry_after):
+            return None
+        return max(1, math.ceil(retry_after))
+
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__
+
+    def __getnewargs__(self) -> tuple:
+        # copy and pickle rebuild a decision through __new__, with its retry time computed.
+        return (
+            self.allowed,
+            self.remaining,
+            self.retry_after,
+            self.reset_after,
+            self.policy,
+            self.key,
+            self.cost,
+            self.limited,
+            self.storage_error,
+            self.dry_run,
+            self[_STATES],
+        )
 
     def __repr__(self) -> str:
         return (
@@ -120,3 +176,43 @@ class Decision:
             f"policy={self.policy}, key={self.key!r}, cost={self.cost}, limited={self.limited}, "
             f"storage_error={self.storage_error}, dry_run={self.dry_run})"
         )
+
+
+def lazy_decision(
+    allowed: bool,
+    key: str,
+    cost: int,
+    policy: Policy,
+    remaining: int,
+    reset_after: float,
+    source: RetrySource,
+    backlog: int,
+) -> Decision:
+    """Build the decision of one bucket, whose retry time ``source`` computes when it is read.
+
+    An admitted request's retry time is 0; a rejected one's is
+    ``source.retry_after(backlog, cost)``. The limiter's hot path builds the same tuple
+    inline.
+    """
+    fields = (
+        allowed,
+        not allowed,
+        key,
+        cost,
+        policy,
+        False,
+        False,
+        remaining,
+        reset_after,
+        0.0 if allowed else None,
+        source,
+        backlog,
+        None,
+    )
+    return tuple.__new__(Decision, fields)
+
+
+#: ``several_states(decision)``: the bucket states a decision stores, or ``None`` when it
+#: checked one bucket and keeps that bucket's numbers in its own fields, so that header
+#: formatting can skip building a :class:`BucketState`.
+several_states = itemgetter(_STATES)

@@ -115,6 +115,8 @@ class Limiter:
             on_event=on_event,
             clock=clock,
         )
+        # The default limit's bucket key is "<key_prefix>:default:<client key>".
+        self._default_prefix = f"{key_prefix}:default:"
         self.client_ip = client_ip or ClientIP()
         self.key_func = key_func
         self.headers_enabled = headers_enabled
@@ -132,10 +134,15 @@ class Limiter:
 
         The check is a ``before_request`` hook, so hooks registered earlier run first: register
         the hook that signs the user in before calling ``init_app`` when ``key_func`` needs it.
+
+        The ``RateLimit-Policy`` and ``RateLimit`` headers are added where the response leaves
+        ``app.wsgi_app``, which ``init_app`` wraps: the WSGI header list costs less to extend
+        than ``response.headers`` in an ``after_request`` hook. So they are absent from the
+        ``Response`` objects that ``after_request`` hooks see, and present on the wire.
         """
         app.extensions["ratelimiter"] = self
         app.before_request(self._before_request)
-        app.after_request(self._after_request)
+        app.wsgi_app = self._wsgi_app_with_headers(app.wsgi_app)
 
     def limit(
         self,
@@ -206,17 +213,30 @@ class Limiter:
         if method in self.exempt_methods:
             return None
 
-        route_limits, exempt = self._limits_for(req.url_rule)
-        if not route_limits:
-            if exempt or not self.default_policies:
-                return None
-            key = self._key(None, environ)
-            buckets = self.limiter.buckets(key, "default", self.default_policies)
-            decision = self.limiter.check_buckets(buckets, key, 1)
-        else:
+        rule = req.url_rule
+        # Rules are unhashable, so the cache is keyed by id() and keeps the rule alive.
+        cached = self._rule_cache.get(id(rule))
+        if cached is None or cached[0] is not rule:
+            cached = self._cache_rule(rule)
+        _, route_limits, exempt = cached
+        if route_limits:
             decision = self._check_route(req, environ, method, route_limits, exempt)
             if decision is None:
                 return None
+        elif exempt or not self.default_policies:
+            return None
+        else:
+            key = (
+                self.client_ip.from_environ(environ)
+                if self.key_func is None
+                else self._key(None, environ)
+            )
+            storage_key = self._default_prefix + key
+            if len(self.default_policies) == 1:
+                buckets = [(storage_key, self.default_policies[0])]
+            else:
+                buckets = [(storage_key, policy) for policy in self.default_policies]
+            decision = self.limiter.check_buckets(buckets, key, 1)
 
         environ[_DECISION_KEY] = decision
         if decision.allowed:
@@ -253,24 +273,32 @@ class Limiter:
             return None
         return self.limiter.check_buckets(buckets, label, cost)
 
-    def _limits_for(self, rule: Any) -> tuple[list[RouteLimit], bool]:
-        """Return the route limits and the exemption of a URL rule, cached per rule."""
-        # Rules are unhashable, so the cache is keyed by id() and keeps the rule alive.
-        cached = self._rule_cache.get(id(rule))
-        if cached is None or cached[0] is not rule:
-            view = current_app.view_functions.get(rule.endpoint) if rule is not None else None
-            cached = (rule, self._route_limits.get(view, []), view in self._exempt_views)
-            self._rule_cache[id(rule)] = cached
-        return cached[1], cached[2]
+    def _cache_rule(self, rule: Any) -> tuple[Any, list[RouteLimit], bool]:
+        """Look up and cache the route limits and the exemption of a URL rule."""
+        view = current_app.view_functions.get(rule.endpoint) if rule is not None else None
+        cached = (rule, self._route_limits.get(view, []), view in self._exempt_views)
+        self._rule_cache[id(rule)] = cached
+        return cached
 
-    def _after_request(self, response: Response) -> Response:
-        if self.headers_enabled:
-            decision = request.environ.get(_DECISION_KEY)
-            if decision is not None:
-                headers = response.headers
-                for name, value in rate_limit_headers(decision):
-                    headers.add(name, value)
-        return response
+    def _wsgi_app_with_headers(self, wsgi_app: Callable[..., Any]) -> Callable[..., Any]:
+        """Wrap ``wsgi_app`` so that responses carry the headers of the request's decision."""
+
+        def app_with_headers(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            if not self.headers_enabled:
+                return wsgi_app(environ, start_response)
+
+            def start_response_with_headers(
+                status: str, headers: list[tuple[str, str]], exc_info: Any = None
+            ) -> Any:
+                # The before_request hook has run by now: Flask starts the response last.
+                decision = environ.get(_DECISION_KEY)
+                if decision is not None:
+                    headers = headers + rate_limit_headers(decision)
+                return start_response(status, headers, exc_info)
+
+            return wsgi_app(environ, start_response_with_headers)
+
+        return app_with_headers
 
     def _key(self, key_func: KeyFunc | None, environ: dict[str, Any]) -> str:
         source = key_func or self.key_func

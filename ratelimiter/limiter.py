@@ -8,15 +8,27 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
-from .decision import BucketState, Decision
+from .decision import BucketState, Decision, RetrySource, lazy_decision
 from .policy import Policy, parse_policies
 from .storage import Bucket, Storage, StorageError, storage_from_url
 
 __all__ = ["RateLimitEvent", "RateLimiter"]
 
 logger = logging.getLogger(__name__)
+
+_new_tuple = tuple.__new__
+_monotonic = time.monotonic
+
+
+class BucketTable(RetrySource, Protocol):
+    """The memory backend's buckets of one policy (see ``MemoryStorage.table``)."""
+
+    def take(self, key: str, cost: int) -> tuple[bool, int, float, int]:
+        """Take ``cost`` tokens for ``key``: allowed, remaining, reset_after and backlog."""
+        ...
+
 
 EventKind = Literal["allowed", "limited", "dry_run", "storage_error"]
 _EVENT_KINDS: tuple[EventKind, ...] = ("allowed", "limited", "dry_run", "storage_error")
@@ -91,11 +103,18 @@ class RateLimiter:
         if isinstance(storage, str):
             storage = storage_from_url(storage, timeout=timeout, clock=clock)
         self.storage: Storage = storage
-        # The memory backend's single-bucket fast path, when the storage has one.
-        self._acquire_one = getattr(storage, "acquire_one", None)
-        self._single_policy = (
-            self.policies[0] if self._acquire_one is not None and len(self.policies) == 1 else None
-        )
+        # The memory backend's fast path for one bucket, when the storage has one: its
+        # per-policy table takes tokens and computes a rejection's retry time lazily.
+        self._table_of: Callable[[Policy], BucketTable] | None = getattr(storage, "table", None)
+        self._single_policy: Policy | None = None
+        self._single_table: BucketTable | None = None
+        self._single_take: Callable[[str, int], tuple[bool, int, float, int]] | None = None
+        # storage_id -> the memory backend's table of that policy.
+        self._tables: dict[str, BucketTable] = {}
+        if self._table_of is not None and len(self.policies) == 1:
+            self._single_policy = self.policies[0]
+            self._single_table = self._table_of(self._single_policy)
+            self._single_take = self._single_table.take
         self.on_storage_error = on_storage_error
         self.timeout = timeout
         self.dry_run = dry_run
@@ -115,8 +134,7 @@ class RateLimiter:
     @property
     def counters(self) -> dict[str, int]:
         """Checks so far by outcome: allowed, limited, dry_run and storage_error."""
-        # repr() is the one way to read an itertools.count without advancing it: "count(7)".
-        return {kind: int(repr(counter)[6:-1]) for kind, counter in self._counts.items()}
+        return {kind: _count_value(counter) for kind, counter in self._counts.items()}
 
     # Public checks
 
@@ -132,30 +150,54 @@ class RateLimiter:
             ``retry_after = math.inf``.
         :raises ValueError: when ``cost`` is negative or not an integer.
         """
-        single = self._single_policy
-        if single is not None and key.__class__ is str and cost.__class__ is int and cost >= 0:
-            # The memory backend's fast path, inlined because it is the hot path of every
-            # in-process check.
+        take = self._single_take
+        if take is not None and key.__class__ is str and cost.__class__ is int and cost >= 0:
+            # The steps of check_buckets() with one bucket, inlined because this is the
+            # hot path of every in-process check.
             try:
-                allowed, remaining, reset_after, retry_after = self._acquire_one(
-                    self._key_prefix_colon + key, single, cost
-                )
+                allowed, remaining, reset_after, backlog = take(self._key_prefix_colon + key, cost)
             except StorageError as error:
                 return self._storage_error_decision(key, cost, error)
-            if self._storage_failing or self.dry_run:
-                state = BucketState(single, remaining, reset_after, retry_after)
-                return self._decide(key, cost, allowed, [state])
+            if self._storage_failing or self.dry_run or self.on_event is not None:
+                return self._decide_one(
+                    lazy_decision(
+                        allowed,
+                        key,
+                        cost,
+                        self._single_policy,
+                        remaining,
+                        reset_after,
+                        self._single_table,
+                        backlog,
+                    )
+                )
+            # lazy_decision(), built here without a call.
+            decision = _new_tuple(
+                Decision,
+                (
+                    allowed,
+                    not allowed,
+                    key,
+                    cost,
+                    self._single_policy,
+                    False,
+                    False,
+                    remaining,
+                    reset_after,
+                    0.0 if allowed else None,
+                    self._single_table,
+                    backlog,
+                    None,
+                ),
+            )
             if allowed:
                 next(self._allowed_count)
-                decision = Decision(True, remaining, 0.0, reset_after, single, key, cost)
-                if self.on_event is not None:
-                    self._emit("allowed", decision)
-                return decision
-            next(self._limited_count)
-            decision = Decision(False, remaining, retry_after, reset_after, single, key, cost, True)
-            self._log_rejection(decision)
-            if self.on_event is not None:
-                self._emit("limited", decision)
+            else:
+                next(self._limited_count)
+                if _monotonic() < self._reject_log.next_at:
+                    next(self._reject_log.held_back)
+                else:
+                    self._log_rejection(decision)
             return decision
         return self.check_buckets(self.buckets(key), key, cost)
 
@@ -182,9 +224,44 @@ class RateLimiter:
 
     def check_buckets(self, buckets: Sequence[Bucket], key: str, cost: int = 1) -> Decision:
         """Take ``cost`` tokens from all ``buckets`` atomically; ``key`` labels the decision."""
-        if self._acquire_one is not None and len(buckets) == 1:
+        if self._table_of is not None and len(buckets) == 1:
+            # The same steps as check()'s fast path, inlined for the web integrations.
+            if cost.__class__ is not int or cost < 0:
+                _validate_cost(cost)
             storage_key, policy = buckets[0]
-            return self._check_one(storage_key, policy, key, cost)
+            table = self._tables.get(policy.storage_id)
+            if table is None:
+                table = self._tables[policy.storage_id] = self._table_of(policy)
+            try:
+                allowed, remaining, reset_after, backlog = table.take(storage_key, cost)
+            except StorageError as error:
+                return self._storage_error_decision(key, cost, error)
+            decision = _new_tuple(
+                Decision,
+                (
+                    allowed,
+                    not allowed,
+                    key,
+                    cost,
+                    policy,
+                    False,
+                    False,
+                    remaining,
+                    reset_after,
+                    0.0 if allowed else None,
+                    table,
+                    backlog,
+                    None,
+                ),
+            )
+            if self._storage_failing or self.dry_run or self.on_event is not None:
+                return self._decide_one(decision)
+            if allowed:
+                next(self._allowed_count)
+            else:
+                next(self._limited_count)
+                self._log_rejection(decision)
+            return decision
         _validate_cost(cost)
         try:
             allowed, states = self.storage.acquire(buckets, cost)
@@ -209,26 +286,12 @@ class RateLimiter:
 
     # Decisions
 
-    def _check_one(self, storage_key: str, policy: Policy, key: str, cost: int) -> Decision:
-        """Check one bucket through the memory backend's fast path."""
-        if cost.__class__ is not int or cost < 0:
-            _validate_cost(cost)
-        try:
-            allowed, remaining, reset_after, retry_after = self._acquire_one(
-                storage_key, policy, cost
-            )
-        except StorageError as error:
-            return self._storage_error_decision(key, cost, error)
-        if allowed:
-            if self._storage_failing:
-                self._mark_recovered()
-            next(self._allowed_count)
-            decision = Decision(True, remaining, 0.0, reset_after, policy, key, cost)
-            if self.on_event is not None:
-                self._emit("allowed", decision)
-            return decision
-        state = BucketState(policy, remaining, reset_after, retry_after)
-        return self._decide(key, cost, False, [state])
+    def _decide_one(self, decision: Decision) -> Decision:
+        """Decide a fast-path check in dry-run mode, with on_event, or after a storage failure."""
+        state = BucketState(
+            decision.policy, decision.remaining, decision.reset_after, decision.retry_after
+        )
+        return self._decide(decision.key, decision.cost, decision.allowed, [state])
 
     def _decide(self, key: str, cost: int, allowed: bool, states: list[BucketState]) -> Decision:
         if self._storage_failing:
@@ -342,26 +405,39 @@ def _retry_after_of(state: BucketState) -> float:
     return state.retry_after
 
 
+def _count_value(counter: itertools.count) -> int:
+    # repr() is the one way to read an itertools.count without advancing it: "count(7)".
+    return int(repr(counter)[6:-1])
+
+
 class _LogThrottle:
-    """Let one log line through per interval and count the ones held back."""
+    """Let one log line through per interval and count the ones held back.
+
+    The hot path reads ``next_at`` and advances ``held_back`` without the lock; only the
+    line that is let through takes it.
+    """
 
     def __init__(self, interval: float) -> None:
         self._interval = interval
-        self._next = 0.0
-        self._held_back = 0
+        #: ``time.monotonic()`` from which the next line may be logged.
+        self.next_at = 0.0
+        #: Lines held back since the throttle was created; itertools.count advances atomically.
+        self.held_back = itertools.count()
+        self._held_back_reported = 0
         self._lock = threading.Lock()
 
     def ready(self) -> int | None:
         """Return the number held back since the last line when a line may be logged now."""
-        now = time.monotonic()
-        if now < self._next:
-            with self._lock:
-                self._held_back += 1
+        now = _monotonic()
+        if now < self.next_at:
+            next(self.held_back)
             return None
         with self._lock:
-            if now < self._next:
-                self._held_back += 1
+            if now < self.next_at:
+                next(self.held_back)
                 return None
-            self._next = now + self._interval
-            held_back, self._held_back = self._held_back, 0
+            self.next_at = now + self._interval
+            total = _count_value(self.held_back)
+            held_back = total - self._held_back_reported
+            self._held_back_reported = total
             return held_back

@@ -19,7 +19,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from .decision import Decision
+from .decision import Decision, several_states
 from .policy import Policy
 
 __all__ = ["Rejection", "rate_limit_headers", "rejection"]
@@ -53,16 +53,20 @@ def rate_limit_headers(decision: Decision) -> list[tuple[str, str]]:
 
     Empty when storage failed, because the bucket state is then unknown.
     """
-    states = decision.states
-    if not states:
+    policy = decision.policy
+    if policy is None:
         return []
-    if len(states) == 1:
-        state = states[0]
-        _, name, policy_member = _fields_of(state.policy)
-        remaining = state.remaining if state.remaining > 0 else 0
+    states = several_states(decision)
+    if states is None:
+        entry = _policy_fields.get(id(policy))
+        if entry is None or entry[0] is not policy:
+            entry = _fields_of(policy)
+        _, name, policy_member = entry
+        remaining = decision.remaining
+        reset = math.ceil(decision.reset_after)
         return [
             ("RateLimit-Policy", policy_member),
-            ("RateLimit", f"{name};r={remaining};t={math.ceil(state.reset_after)}"),
+            ("RateLimit", f"{name};r={remaining if remaining > 0 else 0};t={reset}"),
         ]
     policies = []
     current = []

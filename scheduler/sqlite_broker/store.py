@@ -205,6 +205,7 @@ class Store:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
+        self._connections = 0  # connections opened so far, part of change_token()
 
     # Connection management
 
@@ -228,6 +229,7 @@ class Store:
             # A connection inherited through fork() must not be used or closed by the child.
             self._conn = self._connect()
             self._pid = pid
+            self._connections += 1
         return self._conn
 
     def close(self) -> None:
@@ -323,6 +325,19 @@ class Store:
             ).fetchall()[0][0]
         )
 
+    def change_token(self) -> tuple[int, int, int]:
+        """Return a value that changes whenever any connection commits a change to the database.
+
+        SQLite's ``data_version`` changes when another connection commits, and the connection's
+        ``total_changes`` when it writes itself. Reading both takes no write lock.
+        """
+
+        def read(conn: sqlite3.Connection) -> tuple[int, int, int]:
+            version = conn.execute("PRAGMA data_version").fetchall()[0][0]
+            return self._connections, version, conn.total_changes
+
+        return self.run(read)
+
     # Messages
 
     def publish(
@@ -358,6 +373,15 @@ class Store:
         # RETURNING yields rows in no defined order.
         rows.sort(key=lambda row: (row[4], row[0]))
         return [Claim(*row[:4]) for row in rows]
+
+    def next_lease_end(self, queue: str, now: float) -> float | None:
+        """Return when the earliest lease in ``queue`` ends, None when it has no lease."""
+        return self.run(
+            lambda conn: conn.execute(
+                "SELECT min(visible_at) FROM messages WHERE queue = ? AND visible_at > ?",
+                (queue, now),
+            ).fetchall()[0][0]
+        )
 
     def release_many(self, row_ids: list[int], owner: str) -> None:
         """Make several claimed messages ready again at once."""

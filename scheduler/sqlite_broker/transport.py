@@ -45,6 +45,7 @@ from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.utils.json import dumps, loads
 
 from .deadletter import log_dead_letter
+from .emptypolls import EmptyPolls
 from .keeper import LeaseKeeper, release_dead_owners
 from .liveness import new_owner
 from .settings import DEFAULT_POLLING_INTERVAL, BrokerSettings
@@ -58,6 +59,9 @@ MAX_CLAIM_BATCH = 16
 # Paths whose start-up was already logged at INFO level by this process. Celery opens several
 # connections per worker, and one line per file is enough for an operator.
 _announced: set[str] = set()
+# Paths whose messages left unacknowledged were already counted in a warning by this process.
+# Each new connection finds the same messages until a consumer claims them again.
+_expiry_reported: set[str] = set()
 _announced_lock = threading.Lock()
 
 
@@ -115,6 +119,7 @@ class Channel(virtual.Channel):
         self._no_ack_queues: set[str] = set()
         self._exchange_type_cache: dict[str, str] = {}
         self._unroutable_exchanges: set[str] = set()
+        self._empty_polls = EmptyPolls()
 
     # Publishing
 
@@ -163,6 +168,22 @@ class Channel(virtual.Channel):
     # Consuming
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        prefetched = self._prefetched.get(queue)
+        if prefetched:
+            return self._deliver(queue, prefetched.popleft())
+        token = self.store.change_token()
+        now = time.time()
+        if self._empty_polls.unchanged(queue, token, now):
+            raise Empty()
+        message = self._poll_queue(queue, now)
+        if message is None:
+            next_lease_end = self.store.next_lease_end(queue, now)
+            self._empty_polls.record(queue, token, next_lease_end, now)
+            raise Empty()
+        return message
+
+    def _poll_queue(self, queue: str, now: float) -> dict[str, Any] | None:
+        # Broadcasts first, then the queue's own messages.
         exchange = self._fanout_queues.get(queue)
         if exchange is not None:
             row = self.store.read_fanout(exchange, self._fanout_cursors[queue])
@@ -170,30 +191,25 @@ class Channel(virtual.Channel):
                 self._fanout_cursors[queue] = row[0]
                 return loads(row[1])
 
-        now = time.time()
         if queue in self._no_ack_queues:
             payload = self.store.take(queue, now)
-            if payload is None:
-                raise Empty()
-            return loads(payload)
+            return None if payload is None else loads(payload)
 
-        prefetched = self._prefetched.get(queue)
-        if prefetched:
-            claim = prefetched.popleft()
-        else:
-            claims = self.store.claim(
-                queue,
-                self.owner,
-                now + self.settings.visibility_timeout,
-                now,
-                self._claim_limit(queue),
-            )
-            if not claims:
-                raise Empty()
-            claim = claims[0]
-            if len(claims) > 1:
-                self._prefetched[queue] = deque(claims[1:])
-            self.connection.start_keeper()
+        claims = self.store.claim(
+            queue,
+            self.owner,
+            now + self.settings.visibility_timeout,
+            now,
+            self._claim_limit(queue),
+        )
+        if not claims:
+            return None
+        if len(claims) > 1:
+            self._prefetched[queue] = deque(claims[1:])
+        self.connection.start_keeper()
+        return self._deliver(queue, claims[0])
+
+    def _deliver(self, queue: str, claim: Claim) -> dict[str, Any]:
         message = loads(claim.payload)
         properties = message["properties"]
         if claim.deliveries > 1:
@@ -363,10 +379,14 @@ class Channel(virtual.Channel):
             self.store.declare_exchange(exchange, type)
 
     def _queue_bind(self, exchange: str, routing_key: str, pattern: Any, queue: str) -> None:
+        fanout = self.typeof(exchange).type == "fanout" and queue not in self._fanout_queues
+        # The cursor is read before the binding exists, so that no broadcast published in
+        # between is skipped.
+        cursor = self.store.fanout_cursor(exchange) if fanout else 0
         self.store.bind(exchange, routing_key or "", pattern, queue)
-        if self.typeof(exchange).type == "fanout" and queue not in self._fanout_queues:
+        if fanout:
             self._fanout_queues[queue] = exchange
-            self._fanout_cursors[queue] = self.store.fanout_cursor(exchange)
+            self._fanout_cursors[queue] = cursor
 
     def queue_unbind(
         self,
@@ -471,6 +491,9 @@ class Transport(virtual.Transport):
             first = path not in _announced and logger.isEnabledFor(logging.INFO)
             if first:
                 _announced.add(path)
+            report_expired = expired_leases > 0 and path not in _expiry_reported
+            if report_expired:
+                _expiry_reported.add(path)
         logger.log(
             logging.INFO if first else logging.DEBUG,
             "sqlite broker: opened %s (SQLite %s, WAL, synchronous=%s, visibility timeout "
@@ -481,7 +504,7 @@ class Transport(virtual.Transport):
             self.settings.visibility_timeout,
             self.settings.max_message_size,
         )
-        if expired_leases:
+        if report_expired:
             logger.warning(
                 "sqlite broker %s: %d messages were left unacknowledged by consumers that "
                 "stopped; they are delivered again",

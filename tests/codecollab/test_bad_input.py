@@ -139,12 +139,20 @@ def test_document_over_cap_gets_doc_too_large(
     newcomer.disconnect()
 
 
-def test_paste_near_message_limit_gets_message(client: YClient) -> None:
+def test_paste_near_message_limit_gets_message(start_editor: ServerFactory) -> None:
     # 3.5 MiB is under the 4 MiB message limit but over the document cap: the client gets
-    # doc_too_large instead of a silent disconnect.
-    ack = client.send_raw_sync(update_message(paste_update(client, int(3.5 * MIB))), timeout=30)
-    assert ack["error"] == "doc_too_large"
-    assert client.sio.connected
+    # doc_too_large instead of a silent disconnect. The shared editor's one-second ping
+    # timeout can expire while a loaded machine uploads and checks 3.5 MiB, so this test
+    # starts its own editor with pings far apart.
+    editor = start_editor(CODECOLLAB_PING_INTERVAL="25", CODECOLLAB_PING_TIMEOUT="20")
+    client = YClient(editor.url, unique_session()).connect()
+    try:
+        update = paste_update(client, int(3.5 * MIB))
+        ack = client.send_raw_sync(update_message(update), timeout=30)
+        assert ack["error"] == "doc_too_large"
+        assert client.sio.connected
+    finally:
+        client.disconnect()
 
 
 def test_display_name_kept_as_plain_data(shared_editor: ServerProcess) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
+import logging
 import math
 import random
 import threading
@@ -382,3 +384,115 @@ def test_policies_admitting_bucket_no_retry(clock: FakeClock) -> None:
     limiter.check("client")
     decision = limiter.check("client")
     assert [state.retry_after for state in decision.states][0] == 0.0
+
+
+class GeneralPathStorage(MemoryStorage):
+    """MemoryStorage without its single-bucket fast path, so every check calls acquire()."""
+
+    table = None
+
+
+# (policy, [(seconds since start, cost), ...]) replayed through the fast and general paths.
+FAST_PATH_CASES = [
+    ("1/second, burst 3", [(0.0, 1), (0.0, 1), (0.0, 1), (0.0, 1), (0.5, 1), (1.0, 1)]),
+    ("7/second", [(0.0, 3), (0.0, 4), (0.0, 1), (1 / 7, 1), (0.2, 1), (0.3, 2)]),
+    ("10/minute, burst 5", [(0.0, 5), (0.0, 0), (0.0, 1), (6.0, 1), (3600.0, 2)]),
+    ("2/second", [(0.0, 3), (0.0, 2), (0.0, 2), (0.1, 0), (0.75, 1), (5.0, 2)]),
+    ("3/1.5 seconds, burst 4", [(0.0, 4), (0.0, 1), (0.499999, 1), (0.5, 1), (1.7, 3)]),
+    ("1000000/day", [(0.0, 1000000), (0.0, 1), (0.0864, 1), (0.0865, 1)]),
+]
+
+
+def decision_fields(decision) -> tuple:
+    return (
+        decision.allowed,
+        decision.limited,
+        decision.remaining,
+        decision.retry_after,
+        decision.reset_after,
+        decision.retry_after_seconds,
+        decision.policy,
+        decision.key,
+        decision.cost,
+        decision.storage_error,
+        decision.dry_run,
+        decision.states,
+    )
+
+
+@pytest.mark.parametrize(("policy", "arrivals"), FAST_PATH_CASES)
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_fast_path_equals_general(policy: str, arrivals: list, dry_run: bool) -> None:
+    fast_clock, general_clock = FakeClock(), FakeClock()
+    fast = make_limiter(policy, fast_clock, dry_run=dry_run)
+    general = RateLimiter(policy, storage=GeneralPathStorage(clock=general_clock), dry_run=dry_run)
+    for at, cost in arrivals:
+        fast_clock.set(at)
+        general_clock.set(at)
+        expected = decision_fields(general.check("client", cost=cost))
+        assert decision_fields(fast.check("client", cost=cost)) == expected, f"at {at}s"
+    assert fast.counters == general.counters
+
+
+@pytest.mark.parametrize(("policy", "arrivals"), FAST_PATH_CASES)
+def test_fast_path_buckets_equal_general(policy: str, arrivals: list) -> None:
+    """check_buckets() with one bucket, as the Flask and WSGI integrations call it."""
+    fast_clock, general_clock = FakeClock(), FakeClock()
+    fast = make_limiter(None, fast_clock)
+    general = RateLimiter(None, storage=GeneralPathStorage(clock=general_clock))
+    policies = [parse_policy(policy)]
+    for at, cost in arrivals:
+        fast_clock.set(at)
+        general_clock.set(at)
+        fast_decision = fast.check_buckets(fast.buckets("client", "route", policies), "c", cost)
+        general_decision = general.check_buckets(
+            general.buckets("client", "route", policies), "c", cost
+        )
+        assert decision_fields(fast_decision) == decision_fields(general_decision), f"at {at}s"
+
+
+def test_fast_path_on_event_same_decision(clock: FakeClock) -> None:
+    events: list[RateLimitEvent] = []
+    limiter = make_limiter("1/minute", clock, on_event=events.append)
+    plain = make_limiter("1/minute", FakeClock())
+    for _ in range(2):
+        decision = limiter.check("client")
+        assert decision_fields(decision) == decision_fields(plain.check("client"))
+    assert [event.decision for event in events][1].retry_after == pytest.approx(60.0)
+
+
+def test_fast_path_decision_fixed_after_later_checks(clock: FakeClock) -> None:
+    limiter = make_limiter("1/second, burst 3", clock)
+    decision = limiter.check("client")
+    before = decision_fields(decision)
+    limiter.check("client", cost=2)
+    clock.advance(0.5)
+    limiter.check("client")
+    assert decision_fields(decision) == before
+
+
+@pytest.mark.parametrize("field", ["allowed", "remaining", "retry_after", "policy", "key"])
+def test_decision_read_only(field: str, clock: FakeClock) -> None:
+    decision = make_limiter("1/second", clock).check("client")
+    with pytest.raises(AttributeError):
+        setattr(decision, field, None)
+
+
+def test_decision_copy_equal_fields(clock: FakeClock) -> None:
+    limiter = make_limiter("1/second", clock)
+    limiter.check("client")
+    decision = limiter.check("client")
+    assert decision_fields(copy.copy(decision)) == decision_fields(decision)
+
+
+def test_rejection_log_throttled(clock: FakeClock, caplog) -> None:
+    limiter = make_limiter("1/hour", clock)
+    with caplog.at_level(logging.INFO, logger="ratelimiter"):
+        for _ in range(5):
+            limiter.check("client")
+    lines = [record.getMessage() for record in caplog.records if "rejected" in record.getMessage()]
+    assert len(lines) == 1
+    limiter._reject_log.next_at = 0.0
+    with caplog.at_level(logging.INFO, logger="ratelimiter"):
+        limiter.check("client")
+    assert "(3 more since the last such line)" in caplog.records[-1].getMessage()

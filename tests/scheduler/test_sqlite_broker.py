@@ -846,3 +846,20 @@ def test_pid_reconnect_after_fork(db_path: Path) -> None:
     assert os.read(read, 2) == b"ok"
     assert store.size("forked", time.time()) == 1
     store.close()
+
+
+def test_expired_leases_reported_once(url: str, db_path: Path, caplog) -> None:  # noqa: ANN001
+    with connect(url) as conn:
+        conn.SimpleQueue("left").put("unacked")
+    # A holder whose lease has ended without an ack.
+    store = Store(db_path)
+    now = time.time()
+    store.claim("left", "gone", now - 1, now)
+    store.close()
+
+    with caplog.at_level("WARNING", logger="scheduler.sqlite_broker.transport"):
+        for _ in range(3):
+            with connect(url) as conn:
+                conn.connect()
+    reports = [r for r in caplog.records if "were left unacknowledged" in r.getMessage()]
+    assert len(reports) == 1

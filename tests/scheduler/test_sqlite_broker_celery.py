@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import pytest
 from celery import Celery
 
 from scheduler.sqlite_broker import register
+from scheduler.sqlite_broker.store import MIN_QUEUE_EXPIRES, Store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LEASE = 1.0
@@ -235,3 +237,74 @@ def test_revoke_and_inspect(cluster: Cluster) -> None:
     assert cluster.events("queued") == []
     revoked = cluster.app.control.inspect(timeout=1).revoked() or {}
     assert set(revoked.get(f"control@{HOST}", [])) == {running_id, queued_id}
+
+
+@pytest.mark.slow
+def test_inspect_ping_cli(cluster: Cluster) -> None:
+    cluster.start_worker("cli")
+    cluster.wait_ready("cli")
+    env = dict(
+        os.environ, SQLITE_BROKER_TEST_URL=cluster.url, SQLITE_BROKER_TEST_DIR=str(cluster.workdir)
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tests.scheduler.test_sqlite_broker_celery",
+        "inspect",
+        "ping",
+        "--timeout",
+        "20",
+        "--destination",
+        f"cli@{HOST}",
+    ]
+    started = time.monotonic()
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    elapsed = time.monotonic() - started
+
+    assert result.returncode == 0, result.stderr
+    assert "pong" in result.stdout
+    # The command returns once the one destination has replied, well before its timeout.
+    assert elapsed < 10
+
+
+def reply_queue_rows(db_path: Path) -> tuple[int, int]:
+    """Return the count of remote-control reply queues and of the messages in them."""
+    pattern = "%.reply.celery.pidbox"
+    with sqlite3.connect(db_path) as conn:
+        queues = conn.execute("SELECT count(*) FROM queues WHERE name LIKE ?", (pattern,))
+        messages = conn.execute("SELECT count(*) FROM messages WHERE queue LIKE ?", (pattern,))
+        return queues.fetchone()[0], messages.fetchone()[0]
+
+
+@pytest.mark.slow
+def test_reply_queue_deleted_after_ping(cluster: Cluster) -> None:
+    cluster.start_worker("replies")
+    cluster.wait_ready("replies")
+    # A timeout this short ends the call before the reply comes, and the reply is dropped.
+    cluster.app.control.inspect(timeout=0.001).ping()
+    time.sleep(1)
+    assert reply_queue_rows(cluster.workdir / "broker.sqlite3") == (0, 0)
+
+
+@pytest.mark.slow
+def test_abandoned_reply_queue_expires(cluster: Cluster) -> None:
+    cluster.start_worker("abandoned")
+    cluster.wait_ready("abandoned")
+    db_path = cluster.workdir / "broker.sqlite3"
+    # A client that stops before it collects its replies, as a killed Flower does.
+    with cluster.app.connection_for_write() as conn:
+        mailbox = cluster.app.control.mailbox(conn)
+        channel = conn.default_channel
+        mailbox.reply_queue(channel).declare()
+        mailbox._publish("ping", {}, reply_ticket=uuid.uuid4().hex, channel=channel)
+        wait_for(lambda: reply_queue_rows(db_path)[1] == 1, 10, "the worker did not reply")
+
+    store = Store(db_path)
+    store.maintain(fanout_ttl=60, now=time.time() + MIN_QUEUE_EXPIRES + 5)
+    store.close()
+
+    assert reply_queue_rows(db_path) == (0, 0)
