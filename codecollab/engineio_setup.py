@@ -1,7 +1,7 @@
-"""Engine.IO adjustments that HTTP long-polling clients need, applied once at start-up.
+"""Engine.IO adjustments applied once at start-up, mostly for HTTP long-polling clients.
 
-Both fix python-engineio 4.15 behaviour that loses messages of long-polling clients; clients
-on WebSocket never meet the second one.
+The first two fix python-engineio 4.15 behaviour that loses messages of long-polling clients;
+clients on WebSocket never meet the second one. The third applies to the threading mode only.
 
 Shared binary packets: python-socketio 5.18 builds a room broadcast's Engine.IO packets once
 and hands the same ``engineio.packet.Packet`` objects to every recipient. python-engineio
@@ -19,10 +19,18 @@ server's byte limit and not by a count, and each binary event takes two packets 
 and attachment). So a client typing while a request is slow exceeds 16 packets and loses
 edits and awareness updates, and the payload after the rejected one can begin with an
 attachment whose placeholder was lost.
+
+Contiguous binary events: a binary event is two Engine.IO packets, which python-socketio 5.18
+queues on the recipient's socket one at a time, with no lock. In the threading mode two
+threads emitting to the same peer can queue placeholder A, placeholder B, attachment A,
+attachment B, and socket.io-client then disconnects with "parse error". Under gevent and
+eventlet the queueing does no I/O, so no other greenlet runs between the two packets.
 """
 
 from __future__ import annotations
 
+import threading
+from functools import wraps
 from typing import Any
 
 import engineio.packet
@@ -61,6 +69,33 @@ def allow_polling_batches(max_packets: int = MAX_PACKETS_PER_REQUEST) -> None:
     The limit is a class attribute, so it applies to every Engine.IO server of the process.
     """
     engineio.payload.Payload.max_decode_packets = max_packets
+
+
+def serialize_sends(sio_server: Any) -> None:
+    """Make every multi-packet send of ``sio_server`` queue its packets with no other in between.
+
+    One lock, taken by each room or single-client emit and each direct packet send, covers all
+    recipients: queueing does no I/O, so holding it is short.
+
+    :param sio_server: the python-socketio server (``flask_socketio.SocketIO.server``).
+    """
+    lock = threading.RLock()
+
+    def locked(send: Any) -> Any:
+        @wraps(send)
+        def send_locked(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                return send(*args, **kwargs)
+
+        return send_locked
+
+    sio_server._send_packet = locked(sio_server._send_packet)
+    manager = sio_server.manager
+    # NOTE: with a message queue, emit() also publishes under the lock; the local delivery of
+    # published messages goes through _handle_emit.
+    manager.emit = locked(manager.emit)
+    if hasattr(manager, "_handle_emit"):
+        manager._handle_emit = locked(manager._handle_emit)
 
 
 def configure_engineio(eio_server: Any) -> None:

@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntit
 from codecollab.cluster import ClusterNode
 from codecollab.config import Settings, load_settings
 from codecollab.documents import RoomManager, RoomSettings
-from codecollab.engineio_setup import configure_engineio
+from codecollab.engineio_setup import configure_engineio, serialize_sends
 from codecollab.log_setup import WSGI_LOGGER, configure_logging
 from codecollab.scale_out import (
     ClusterUnavailable,
@@ -173,6 +173,8 @@ def create_server(settings: Settings) -> EditorServer:
     )
     # Without this, long-polling clients lose relayed edits and their own large batches.
     configure_engineio(socketio.server.eio)
+    if settings.async_mode == "threading":
+        serialize_sends(socketio.server)
 
     store = open_store(settings)
     rooms = RoomManager(

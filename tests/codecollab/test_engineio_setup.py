@@ -11,14 +11,20 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 import urllib.request
 from typing import Any
 
 import engineio.packet
 import pytest
+import socketio
 
-from codecollab.engineio_setup import MAX_PACKETS_PER_REQUEST, unshare_binary_packets
+from codecollab.engineio_setup import (
+    MAX_PACKETS_PER_REQUEST,
+    serialize_sends,
+    unshare_binary_packets,
+)
 from codecollab.yprotocol import SyncMessageType, decode_sync_message, encode_sync_message
 from tests.codecollab.conftest import REPO_ROOT, ServerFactory, ServerProcess
 from tests.codecollab.yclient import unique_session
@@ -63,6 +69,49 @@ def test_unshare_text_packet_stays_shared(recording_eio: RecordingEngineIO) -> N
     recording_eio.send_packet("second", shared)
 
     assert [pkt for _, pkt in recording_eio.sent] == [shared, shared]
+
+
+class SlowQueueEngineIO:
+    """An Engine.IO server stand-in that records packet data and yields the thread after each."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def send_packet(self, sid: str, pkt: engineio.packet.Packet) -> None:
+        self.sent.append(pkt.data)
+        time.sleep(0.001)
+
+
+def emit_binary_concurrently(serialized: bool) -> list[Any]:
+    """Emit binary events to one peer from two threads and return the packet data it got."""
+    server = socketio.Server(async_mode="threading")
+    sid = server.manager.connect("peer", "/")
+    server.eio = SlowQueueEngineIO()  # type: ignore[assignment]
+    if serialized:
+        serialize_sends(server)
+
+    def emit_many(mark: int) -> None:
+        for _ in range(20):
+            server.emit("update", bytes([mark]), to=sid)
+
+    threads = [threading.Thread(target=emit_many, args=(mark,)) for mark in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return server.eio.sent
+
+
+def placeholder_followers(sent: list[Any]) -> list[Any]:
+    """Return what follows each placeholder packet: an attachment when events stay contiguous."""
+    return [sent[i + 1] for i, data in enumerate(sent) if isinstance(data, str)]
+
+
+@pytest.mark.parametrize(("serialized", "interleaved"), [(False, True), (True, False)])
+def test_serialize_sends_binary_event_contiguous(serialized: bool, interleaved: bool) -> None:
+    followers = placeholder_followers(emit_binary_concurrently(serialized))
+
+    assert any(isinstance(data, str) for data in followers) is interleaved
 
 
 class RawPollingClient:
@@ -142,17 +191,7 @@ def run_mixed_clients(url: str, polling: int, websocket: int, edits: int) -> lis
     return json.loads(result.stdout)["clients"]
 
 
-# NOTE: in the threading mode a socket.io-client peer failed with "parse error" in one of five
-# runs. The suspected cause, not yet confirmed: two threads emitting binary events to the same
-# peer interleave their placeholder and attachment packets in its Engine.IO queue.
-THREADING_INTERLEAVE = pytest.mark.xfail(
-    reason="threading mode can interleave two binary events' packets", strict=False
-)
-
-
-@pytest.mark.parametrize(
-    "async_mode", ["gevent", pytest.param("threading", marks=THREADING_INTERLEAVE)]
-)
+@pytest.mark.parametrize("async_mode", ["gevent", "threading"])
 def test_broadcast_mixed_transports_lose_nothing(
     start_editor: ServerFactory, async_mode: str
 ) -> None:
