@@ -7,7 +7,7 @@ binary frame per attachment. gevent-websocket 0.10.1 writes each frame with its 
 per call. A relayed edit thus cost two writes and two timers per peer, the largest share of the
 server's CPU when it fans an edit out to a room.
 
-``CoalescingWebSocket`` holds a binary event's placeholder until its attachments have been
+``CoalescingWebSocket`` keeps a binary event's placeholder back until its attachments have been
 queued, then writes all of its frames with one ``send()`` call. Other frames go out at once, as
 before. ``try_write`` lets ``codecollab.fanout`` write a relayed event without the Engine.IO
 queue. The server imports this module only in the gevent async mode.

@@ -1,7 +1,7 @@
 """A reverse proxy on loopback that forwards plain HTTP and rejects WebSocket upgrades.
 
-It stands for a corporate proxy that blocks WebSocket: the upgrade request gets a 403, so the
-browser sees a failed handshake and must fall back to HTTP long-polling.
+It plays the part of a corporate proxy that blocks WebSocket. The upgrade request gets a 403,
+so the browser's handshake fails and must fall back to HTTP long-polling.
 """
 
 from __future__ import annotations

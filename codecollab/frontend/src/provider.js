@@ -68,8 +68,8 @@ export class SocketIOProvider extends ObservableV2 {
       auth: (callback) => callback(auth()),
       // WebSocket first: long polling only where a proxy blocks the upgrade.
       transports: ['websocket', 'polling'],
-      // socket.io-client 4.8 tries only the first transport unless told to try the next one,
-      // so without this a page behind a proxy that blocks WebSocket never connects.
+      // socket.io-client 4.8 tries only the first transport unless this option is set, so
+      // without it a page behind a proxy that blocks WebSocket never connects.
       tryAllTransports: true,
     })
 
