@@ -80,14 +80,20 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, P
         server.wait(timeout=10)
 
 
-def test_rediss_check_admits_then_rejects(tls_redis: tuple[int, Path]) -> None:
-    port, ca_file = tls_redis
-    limiter = RateLimiter(
-        "2/minute",
-        storage=f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca_file}",
+def _tls_limiter(policy: str, port: int, ca_file: Path | None) -> RateLimiter:
+    """Build a limiter on the TLS server that rejects requests when storage fails."""
+    query = f"?ssl_ca_certs={ca_file}" if ca_file else ""
+    return RateLimiter(
+        policy,
+        storage=f"rediss://127.0.0.1:{port}/0{query}",
         timeout=2.0,
         on_storage_error="deny",
     )
+
+
+def test_rediss_check_admits_then_rejects(tls_redis: tuple[int, Path]) -> None:
+    port, ca_file = tls_redis
+    limiter = _tls_limiter("2/minute", port, ca_file)
     try:
         decisions = [limiter.check("tls-client") for _ in range(3)]
     finally:
@@ -99,12 +105,7 @@ def test_rediss_check_admits_then_rejects(tls_redis: tuple[int, Path]) -> None:
 
 def test_rediss_async_check_shares_buckets(tls_redis: tuple[int, Path]) -> None:
     port, ca_file = tls_redis
-    limiter = RateLimiter(
-        "1/minute",
-        storage=f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca_file}",
-        timeout=2.0,
-        on_storage_error="deny",
-    )
+    limiter = _tls_limiter("1/minute", port, ca_file)
     try:
         first = limiter.check("async-client")
         second = asyncio.run(limiter.check_async("async-client"))
@@ -117,12 +118,7 @@ def test_rediss_async_check_shares_buckets(tls_redis: tuple[int, Path]) -> None:
 
 def test_rediss_untrusted_certificate_is_storage_error(tls_redis: tuple[int, Path]) -> None:
     port, _ = tls_redis
-    limiter = RateLimiter(
-        "5/minute",
-        storage=f"rediss://127.0.0.1:{port}/0",
-        timeout=2.0,
-        on_storage_error="deny",
-    )
+    limiter = _tls_limiter("5/minute", port, None)
     try:
         decision = limiter.check("untrusted-client")
     finally:
