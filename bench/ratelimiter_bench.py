@@ -268,7 +268,29 @@ def bench_redis(url: str) -> dict | None:
         client.close()
 
 
-def build_flask_apps() -> dict[str, flask.Flask]:
+# The request of the Flask benchmark: a GET of "/" from one client, with no body.
+FLASK_ENVIRON = {
+    "REQUEST_METHOD": "GET",
+    "PATH_INFO": "/",
+    "SCRIPT_NAME": "",
+    "QUERY_STRING": "",
+    "SERVER_NAME": "localhost",
+    "SERVER_PORT": "80",
+    "SERVER_PROTOCOL": "HTTP/1.1",
+    "REMOTE_ADDR": "198.51.100.7",
+    "wsgi.url_scheme": "http",
+    "wsgi.input": None,
+    "wsgi.errors": sys.stderr,
+    "wsgi.multithread": False,
+    "wsgi.multiprocess": False,
+    "wsgi.run_once": False,
+    "wsgi.version": (1, 0),
+}
+
+
+def build_flask_apps(with_flask_limiter: bool = True) -> dict[str, flask.Flask]:
+    """Build the hello-world apps: without a limiter, with ours, and with Flask-Limiter."""
+
     def hello() -> str:
         return "hello"
 
@@ -278,6 +300,9 @@ def build_flask_apps() -> dict[str, flask.Flask]:
     ours = flask.Flask("ratelimiter")
     ours.add_url_rule("/", "hello", hello)
     Limiter(ours, default_limits="1000000000/day", storage="memory://")
+
+    if not with_flask_limiter:
+        return {"no limiter": plain, "ratelimiter": ours}
 
     theirs = flask.Flask("flask_limiter")
     theirs.add_url_rule("/", "hello", hello)
@@ -293,24 +318,6 @@ def build_flask_apps() -> dict[str, flask.Flask]:
 
 
 def bench_flask() -> list[dict]:
-    environ_base = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/",
-        "SCRIPT_NAME": "",
-        "QUERY_STRING": "",
-        "SERVER_NAME": "localhost",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "198.51.100.7",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": None,
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-        "wsgi.version": (1, 0),
-    }
-
     def start_response(status, headers, exc_info=None):
         return None
 
@@ -321,7 +328,7 @@ def bench_flask() -> list[dict]:
             wsgi = app.wsgi_app
             started = time.perf_counter()
             for _ in range(1000):
-                for _chunk in wsgi(dict(environ_base), start_response):
+                for _chunk in wsgi(dict(FLASK_ENVIRON), start_response):
                     pass
             rounds[name].append((time.perf_counter() - started) / 1000 * 1e6)
     baseline = statistics.median(rounds["no limiter"])

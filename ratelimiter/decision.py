@@ -26,20 +26,30 @@ class BucketState:
     retry_after: float
 
 
-class RetrySource(Protocol):
-    """A bucket that computes a rejected request's retry time only when it is read."""
+class BucketSource(Protocol):
+    """A memory bucket table, from which a decision computes its numbers when they are read.
+
+    Time is in the table's integer units, and a backlog is the time the bucket needs to be
+    full again, captured at the check.
+    """
+
+    #: Units one token lasts.
+    interval: int
+    #: Units a full bucket covers: capacity x ``interval``.
+    tolerance: int
+    #: Units per second.
+    units_per_second: int
 
     def retry_after(self, backlog: int, cost: int) -> float:
-        """Seconds until a bucket ``backlog`` time units behind full admits ``cost``.
+        """Seconds until a bucket ``backlog`` units behind full admits ``cost``.
 
-        Never rounded down; ``math.inf`` when ``cost`` exceeds the capacity. The backlog is
-        captured at the check, so the result never changes between reads.
+        Never rounded down; ``math.inf`` when ``cost`` exceeds the capacity.
         """
         ...
 
 
 # Positions in the tuple behind a Decision. A decision stores its retry time, or None with a
-# RetrySource and a backlog that compute it when it is read.
+# BucketSource and a backlog that compute it when it is read.
 _ALLOWED, _LIMITED, _KEY, _COST, _POLICY, _STORAGE_ERROR, _DRY_RUN = range(7)
 _REMAINING, _RESET_AFTER, _RETRY_AFTER, _SOURCE, _BACKLOG, _STATES = range(7, 13)
 
@@ -68,9 +78,9 @@ class Decision(tuple):
 
     A check builds one decision per request, so the class is a tuple underneath, which one
     C call builds and whose fields read without a Python call. The memory backend's
-    single-policy path leaves ``retry_after`` of a rejection to be computed, from the backlog
-    captured at the check, only when it is read. Decisions compare by identity, like plain
-    objects.
+    single-bucket checks return a :class:`BacklogDecision`, which computes its numbers from
+    the backlog captured at the check only when they are read. Decisions compare by
+    identity, like plain objects.
     """
 
     __slots__ = ()
@@ -133,7 +143,7 @@ class Decision(tuple):
         if self[_POLICY] is None:
             return ()
         # A single-policy check: its one bucket is the deciding one.
-        return (BucketState(self[_POLICY], self[_REMAINING], self[_RESET_AFTER], self.retry_after),)
+        return (BucketState(self[_POLICY], self.remaining, self.reset_after, self.retry_after),)
 
     @property
     def retry_after_seconds(self) -> int | None:
@@ -153,8 +163,11 @@ class Decision(tuple):
     __ne__ = object.__ne__
     __hash__ = object.__hash__
 
+    def __reduce__(self) -> tuple:
+        # copy and pickle rebuild a plain Decision, with every number computed.
+        return (Decision, self.__getnewargs__())
+
     def __getnewargs__(self) -> tuple:
-        # copy and pickle rebuild a decision through __new__, with its retry time computed.
         return (
             self.allowed,
             self.remaining,
@@ -178,39 +191,32 @@ class Decision(tuple):
         )
 
 
-def lazy_decision(
-    allowed: bool,
-    key: str,
-    cost: int,
-    policy: Policy,
-    remaining: int,
-    reset_after: float,
-    source: RetrySource,
-    backlog: int,
-) -> Decision:
-    """Build the decision of one bucket, whose retry time ``source`` computes when it is read.
+class BacklogDecision(Decision):
+    """The decision of one memory bucket, which computes its numbers when they are read.
 
-    An admitted request's retry time is 0; a rejected one's is
-    ``source.retry_after(backlog, cost)``. The limiter's hot path builds the same tuple
-    inline.
+    It stores the bucket's table (a :class:`BucketSource`) and its backlog instead of
+    ``remaining``, ``reset_after`` and, on a rejection, ``retry_after``: most decisions are
+    read for ``allowed`` alone. The backlog is the one after the request when admitted and
+    before it when rejected, so the numbers never change between reads.
     """
-    fields = (
-        allowed,
-        not allowed,
-        key,
-        cost,
-        policy,
-        False,
-        False,
-        remaining,
-        reset_after,
-        0.0 if allowed else None,
-        source,
-        backlog,
-        None,
-    )
-    return tuple.__new__(Decision, fields)
 
+    __slots__ = ()
+
+    @property
+    def remaining(self) -> int:  # type: ignore[override]
+        """Whole tokens left."""
+        source = self[_SOURCE]
+        return (source.tolerance - self[_BACKLOG]) // source.interval
+
+    @property
+    def reset_after(self) -> float:  # type: ignore[override]
+        """Seconds until the bucket is full again."""
+        return self[_BACKLOG] / self[_SOURCE].units_per_second
+
+
+#: ``policy_source_backlog(decision)``: the policy, the table and the backlog of a
+#: :class:`BacklogDecision`.
+policy_source_backlog = itemgetter(_POLICY, _SOURCE, _BACKLOG)
 
 #: ``several_states(decision)``: the bucket states a decision stores, or ``None`` when it
 #: checked one bucket and keeps that bucket's numbers in its own fields, so that header

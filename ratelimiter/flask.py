@@ -13,14 +13,16 @@
     @limiter.exempt
     def healthz(): ...
 
-A request is checked once, before its view runs, against the route's limits and the default
-limit together: it is admitted only when all of them admit it, and a rejected request takes
-nothing from any of them. ``OPTIONS`` (CORS preflight) is exempt by default. ``HEAD`` is
-counted like ``GET``, once, in the same buckets as ``GET``.
+A request is checked once, after the ``before_request`` hooks and before its view runs,
+against the route's limits and the default limit together: it is admitted only when all of
+them admit it, and a rejected request takes nothing from any of them. ``OPTIONS`` (CORS
+preflight) is exempt by default. ``HEAD`` is counted like ``GET``, once, in the same buckets
+as ``GET``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -117,7 +119,17 @@ class Limiter:
         )
         # The default limit's bucket key is "<key_prefix>:default:<client key>".
         self._default_prefix = f"{key_prefix}:default:"
+        self._check_default = (
+            self.limiter.bucket_check_function(self.default_policies)
+            if self.default_policies
+            else None
+        )
         self.client_ip = client_ip or ClientIP()
+        # REMOTE_ADDR -> (client key, default bucket key) while the key is the peer address
+        # alone: the same as client_ip's own cache, without a call and a string concatenation.
+        self._peer_keys: dict[str, tuple[str, str]] | None = (
+            {} if key_func is None and not self.client_ip.trusts_proxies else None
+        )
         self.key_func = key_func
         self.headers_enabled = headers_enabled
         self.exempt_methods = frozenset(method.upper() for method in exempt_methods)
@@ -132,8 +144,12 @@ class Limiter:
     def init_app(self, app: Flask) -> None:
         """Check every request of ``app`` before its view runs and add headers after.
 
-        The check is a ``before_request`` hook, so hooks registered earlier run first: register
-        the hook that signs the user in before calling ``init_app`` when ``key_func`` needs it.
+        The check runs after all ``before_request`` hooks, so ``key_func`` can read what they
+        set, such as the signed-in user. A request that a hook responds to itself, or aborts
+        with an exception, is counted too, and gets the 429 response instead when it is
+        rejected. The check runs in a wrapper around ``app.preprocess_request``, because a
+        ``before_request`` hook of its own would cost Flask an ``ensure_sync`` call per
+        request.
 
         The ``RateLimit-Policy`` and ``RateLimit`` headers are added where the response leaves
         ``app.wsgi_app``, which ``init_app`` wraps: the WSGI header list costs less to extend
@@ -141,8 +157,8 @@ class Limiter:
         ``Response`` objects that ``after_request`` hooks see, and present on the wire.
         """
         app.extensions["ratelimiter"] = self
-        app.before_request(self._before_request)
-        app.wsgi_app = self._wsgi_app_with_headers(app.wsgi_app)
+        app.preprocess_request = self._preprocess_then_check(app.preprocess_request)  # type: ignore[method-assign]
+        app.wsgi_app = self._wsgi_app_with_headers(app.wsgi_app)  # type: ignore[method-assign]
 
     def limit(
         self,
@@ -201,48 +217,75 @@ class Limiter:
         """Return the decision made for the current request, if any."""
         return request.environ.get(_DECISION_KEY)
 
-    # Request hooks
+    # Request checks
 
-    def _before_request(self) -> Response | None:
-        if not self.enabled:
-            return None
-        # One proxy lookup: werkzeug's LocalProxy costs a little on every attribute access.
-        req = request._get_current_object()
-        environ = req.environ
-        method = environ.get("REQUEST_METHOD", "GET")
-        if method in self.exempt_methods:
-            return None
+    def _preprocess_then_check(self, preprocess_request: Callable[[], Any]) -> Callable[[], Any]:
+        """Wrap ``app.preprocess_request`` so that the request is checked after its hooks.
 
-        rule = req.url_rule
-        # Rules are unhashable, so the cache is keyed by id() and keeps the rule alive.
-        cached = self._rule_cache.get(id(rule))
-        if cached is None or cached[0] is not rule:
-            cached = self._cache_rule(rule)
-        _, route_limits, exempt = cached
-        if route_limits:
-            decision = self._check_route(req, environ, method, route_limits, exempt)
-            if decision is None:
-                return None
-        elif exempt or not self.default_policies:
-            return None
-        else:
-            key = (
-                self.client_ip.from_environ(environ)
-                if self.key_func is None
-                else self._key(None, environ)
-            )
-            storage_key = self._default_prefix + key
-            if len(self.default_policies) == 1:
-                buckets = [(storage_key, self.default_policies[0])]
-            else:
-                buckets = [(storage_key, policy) for policy in self.default_policies]
-            decision = self.limiter.check_buckets(buckets, key, 1)
+        The wrapper returns what ``preprocess_request`` returned or raised, unless the check
+        rejects the request: then it returns the rejection response instead.
+        """
 
-        environ[_DECISION_KEY] = decision
-        if decision.allowed:
-            return None
-        response = rejection(decision, include_rate_limit_headers=False)
-        return Response(response.body, status=response.status, headers=response.headers)
+        def preprocess_request_then_check() -> Any:
+            try:
+                response = preprocess_request()
+                error = None
+            except Exception as raised:
+                response = None
+                error = raised
+
+            # The check, written out here because it runs on every request.
+            decision = None
+            if self.enabled:
+                # One proxy lookup: werkzeug's LocalProxy costs a little on every access.
+                req = request._get_current_object()  # type: ignore[attr-defined]
+                environ = req.environ
+                method = environ.get("REQUEST_METHOD", "GET")
+                if method not in self.exempt_methods:
+                    rule = req.url_rule
+                    # Rules are unhashable, so the cache is keyed by id() and keeps the rule.
+                    cached = self._rule_cache.get(id(rule))
+                    if cached is None or cached[0] is not rule:
+                        cached = self._cache_rule(rule)
+                    _, route_limits, exempt = cached
+                    if route_limits:
+                        decision = self._check_route(req, environ, method, route_limits, exempt)
+                    elif not exempt and self._check_default is not None:
+                        peer_keys = self._peer_keys
+                        if peer_keys is None:
+                            key = self._key(None, environ)
+                            storage_key = self._default_prefix + key
+                        else:
+                            keys = peer_keys.get(environ.get("REMOTE_ADDR") or "")
+                            if keys is None:
+                                keys = self._peer_keys_of(environ)
+                            key, storage_key = keys
+                        decision = self._check_default(storage_key, 1, key)
+
+            if decision is not None:
+                environ[_DECISION_KEY] = decision
+                if not decision.allowed:
+                    return _rejection_response(decision)
+            if error is not None:
+                try:
+                    raise error
+                finally:
+                    # The exception's traceback refers to this frame.
+                    error = None
+            return response
+
+        return preprocess_request_then_check
+
+    def _peer_keys_of(self, environ: dict[str, Any]) -> tuple[str, str]:
+        """Derive the keys of the peer address and cache them, in at most 4,096 entries."""
+        peer_keys = self._peer_keys
+        assert peer_keys is not None
+        key = self.client_ip.from_environ(environ)
+        keys = (key, self._default_prefix + key)
+        if len(peer_keys) >= 4096:
+            peer_keys.clear()
+        peer_keys[environ.get("REMOTE_ADDR") or ""] = keys
+        return keys
 
     def _check_route(
         self,
@@ -286,17 +329,8 @@ class Limiter:
         def app_with_headers(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             if not self.headers_enabled:
                 return wsgi_app(environ, start_response)
-
-            def start_response_with_headers(
-                status: str, headers: list[tuple[str, str]], exc_info: Any = None
-            ) -> Any:
-                # The before_request hook has run by now: Flask starts the response last.
-                decision = environ.get(_DECISION_KEY)
-                if decision is not None:
-                    headers = headers + rate_limit_headers(decision)
-                return start_response(status, headers, exc_info)
-
-            return wsgi_app(environ, start_response_with_headers)
+            # A partial costs less to build per request than a closure.
+            return wsgi_app(environ, functools.partial(_start_response, environ, start_response))
 
         return app_with_headers
 
@@ -307,3 +341,27 @@ class Limiter:
         if hasattr(source, "from_environ"):
             return source.from_environ(environ)
         return str(source())
+
+
+def _rejection_response(decision: Decision) -> Response:
+    """Build the 429 or 503 response of a rejected request, without rate-limit headers.
+
+    They are added with those of every other response, on the way out of ``app.wsgi_app``.
+    """
+    response = rejection(decision, include_rate_limit_headers=False)
+    return Response(response.body, status=response.status, headers=response.headers)
+
+
+def _start_response(
+    environ: dict[str, Any],
+    start_response: Callable[..., Any],
+    status: str,
+    headers: list[tuple[str, str]],
+    exc_info: Any = None,
+) -> Any:
+    """Start the response with the rate-limit headers of the request's decision, if any."""
+    # The check has run by now, because Flask starts the response last.
+    decision = environ.get(_DECISION_KEY)
+    if decision is not None:
+        headers = headers + rate_limit_headers(decision)
+    return start_response(status, headers, exc_info)

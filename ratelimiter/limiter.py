@@ -8,9 +8,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
-from .decision import BucketState, Decision, RetrySource, lazy_decision
+from .decision import BucketState, Decision
 from .policy import Policy, parse_policies
 from .storage import Bucket, Storage, StorageError, storage_from_url
 
@@ -18,22 +18,14 @@ __all__ = ["RateLimitEvent", "RateLimiter"]
 
 logger = logging.getLogger(__name__)
 
-_new_tuple = tuple.__new__
-_monotonic = time.monotonic
-
-
-class BucketTable(RetrySource, Protocol):
-    """The memory backend's buckets of one policy (see ``MemoryStorage.table``)."""
-
-    def take(self, key: str, cost: int) -> tuple[bool, int, float, int]:
-        """Take ``cost`` tokens for ``key``: allowed, remaining, reset_after and backlog."""
-        ...
-
+#: ``check(key, cost=1, label=None)``: the memory backend's check of one bucket (see
+#: ``MemoryStorage.check_function``).
+CheckFunction = Callable[..., Decision]
 
 EventKind = Literal["allowed", "limited", "dry_run", "storage_error"]
 _EVENT_KINDS: tuple[EventKind, ...] = ("allowed", "limited", "dry_run", "storage_error")
 # Rejections and dry-run hits are logged at most once per interval per limiter, with a count.
-_REJECT_LOG_INTERVAL = 10.0
+_REJECT_LOG_INTERVAL_NS = 10 * 1_000_000_000
 
 
 @dataclass(slots=True)
@@ -103,24 +95,11 @@ class RateLimiter:
         if isinstance(storage, str):
             storage = storage_from_url(storage, timeout=timeout, clock=clock)
         self.storage: Storage = storage
-        # The memory backend's fast path for one bucket, when the storage has one: its
-        # per-policy table takes tokens and computes a rejection's retry time lazily.
-        self._table_of: Callable[[Policy], BucketTable] | None = getattr(storage, "table", None)
-        self._single_policy: Policy | None = None
-        self._single_table: BucketTable | None = None
-        self._single_take: Callable[[str, int], tuple[bool, int, float, int]] | None = None
-        # storage_id -> the memory backend's table of that policy.
-        self._tables: dict[str, BucketTable] = {}
-        if self._table_of is not None and len(self.policies) == 1:
-            self._single_policy = self.policies[0]
-            self._single_table = self._table_of(self._single_policy)
-            self._single_take = self._single_table.take
         self.on_storage_error = on_storage_error
         self.timeout = timeout
-        self.dry_run = dry_run
+        self._dry_run = dry_run
         self.key_prefix = key_prefix
-        self._key_prefix_colon = key_prefix + ":"
-        self.on_event = on_event
+        self._on_event = on_event
         self.storage_retry_after = storage_retry_after
         # itertools.count increments atomically under the GIL, without a lock.
         self._counts = {kind: itertools.count() for kind in _EVENT_KINDS}
@@ -129,7 +108,42 @@ class RateLimiter:
         self._counter_lock = threading.Lock()
         self._storage_failing = False
         self._failed_checks = 0
-        self._reject_log = _LogThrottle(_REJECT_LOG_INTERVAL)
+        # Set while dry run, on_event or a storage failure needs the general path.
+        self._general_only = dry_run or on_event is not None
+        # The memory backend's clock, so that a fake clock in tests also paces the log.
+        self._clock: Callable[[], int] = getattr(storage, "clock", time.monotonic_ns)
+        self._reject_log = _LogThrottle(_REJECT_LOG_INTERVAL_NS, self._rejection_total)
+
+        # The memory backend checks one bucket in one call; storage_id -> that function,
+        # built on first use with no key prefix, for check_buckets().
+        self._check_function_of = getattr(storage, "check_function", None)
+        self._check_functions: dict[str, CheckFunction] = {}
+        if self._check_function_of is not None and len(self.policies) == 1:
+            # An instance attribute in front of the check() method, with the same contract.
+            self.check = self._check_function_of(self.policies[0], key_prefix + ":", self)
+
+    @property
+    def dry_run(self) -> bool:
+        """Whether rejected requests are counted, logged and let through."""
+        return self._dry_run
+
+    @dry_run.setter
+    def dry_run(self, value: bool) -> None:
+        self._dry_run = value
+        self._update_general_only()
+
+    @property
+    def on_event(self) -> Callable[[RateLimitEvent], object] | None:
+        """The callback that receives a :class:`RateLimitEvent` after every check."""
+        return self._on_event
+
+    @on_event.setter
+    def on_event(self, value: Callable[[RateLimitEvent], object] | None) -> None:
+        self._on_event = value
+        self._update_general_only()
+
+    def _update_general_only(self) -> None:
+        self._general_only = self._dry_run or self._on_event is not None or self._storage_failing
 
     @property
     def counters(self) -> dict[str, int]:
@@ -150,55 +164,6 @@ class RateLimiter:
             ``retry_after = math.inf``.
         :raises ValueError: when ``cost`` is negative or not an integer.
         """
-        take = self._single_take
-        if take is not None and key.__class__ is str and cost.__class__ is int and cost >= 0:
-            # The steps of check_buckets() with one bucket, inlined because this is the
-            # hot path of every in-process check.
-            try:
-                allowed, remaining, reset_after, backlog = take(self._key_prefix_colon + key, cost)
-            except StorageError as error:
-                return self._storage_error_decision(key, cost, error)
-            if self._storage_failing or self.dry_run or self.on_event is not None:
-                return self._decide_one(
-                    lazy_decision(
-                        allowed,
-                        key,
-                        cost,
-                        self._single_policy,
-                        remaining,
-                        reset_after,
-                        self._single_table,
-                        backlog,
-                    )
-                )
-            # lazy_decision(), built here without a call.
-            decision = _new_tuple(
-                Decision,
-                (
-                    allowed,
-                    not allowed,
-                    key,
-                    cost,
-                    self._single_policy,
-                    False,
-                    False,
-                    remaining,
-                    reset_after,
-                    0.0 if allowed else None,
-                    self._single_table,
-                    backlog,
-                    None,
-                ),
-            )
-            if allowed:
-                next(self._allowed_count)
-            else:
-                next(self._limited_count)
-                if _monotonic() < self._reject_log.next_at:
-                    next(self._reject_log.held_back)
-                else:
-                    self._log_rejection(decision)
-            return decision
         return self.check_buckets(self.buckets(key), key, cost)
 
     async def check_async(self, key: str, cost: int = 1) -> Decision:
@@ -224,50 +189,54 @@ class RateLimiter:
 
     def check_buckets(self, buckets: Sequence[Bucket], key: str, cost: int = 1) -> Decision:
         """Take ``cost`` tokens from all ``buckets`` atomically; ``key`` labels the decision."""
-        if self._table_of is not None and len(buckets) == 1:
-            # The same steps as check()'s fast path, inlined for the web integrations.
-            if cost.__class__ is not int or cost < 0:
-                _validate_cost(cost)
+        if self._check_function_of is not None and len(buckets) == 1:
             storage_key, policy = buckets[0]
-            table = self._tables.get(policy.storage_id)
-            if table is None:
-                table = self._tables[policy.storage_id] = self._table_of(policy)
-            try:
-                allowed, remaining, reset_after, backlog = table.take(storage_key, cost)
-            except StorageError as error:
-                return self._storage_error_decision(key, cost, error)
-            decision = _new_tuple(
-                Decision,
-                (
-                    allowed,
-                    not allowed,
-                    key,
-                    cost,
-                    policy,
-                    False,
-                    False,
-                    remaining,
-                    reset_after,
-                    0.0 if allowed else None,
-                    table,
-                    backlog,
-                    None,
-                ),
-            )
-            if self._storage_failing or self.dry_run or self.on_event is not None:
-                return self._decide_one(decision)
-            if allowed:
-                next(self._allowed_count)
-            else:
-                next(self._limited_count)
-                self._log_rejection(decision)
-            return decision
+            check = self._check_functions.get(policy.storage_id)
+            if check is None:
+                check = self._check_function_of(policy, "", self)
+                self._check_functions[policy.storage_id] = check
+            return check(storage_key, cost, key)
+        return self._check_general(buckets, key, cost)
+
+    def bucket_check_function(
+        self, policies: Sequence[Policy]
+    ) -> Callable[[str, int, str], Decision]:
+        """Return ``check(storage_key, cost, key)`` for integrations that call it per request.
+
+        ``check(storage_key, cost, key)`` is
+        ``check_buckets([(storage_key, policy) for policy in policies], key, cost)``. With one
+        policy on memory storage it takes the memory backend's one-call path.
+        """
+        policies = tuple(policies)
+        if not policies:
+            raise ValueError("bucket_check_function() needs at least one policy")
+        if self._check_function_of is not None and len(policies) == 1:
+            return self._check_function_of(policies[0], "", self)
+
+        def check(storage_key: str, cost: int, key: str) -> Decision:
+            return self.check_buckets([(storage_key, policy) for policy in policies], key, cost)
+
+        return check
+
+    def _check_general(self, buckets: Sequence[Bucket], key: str, cost: int) -> Decision:
         _validate_cost(cost)
         try:
             allowed, states = self.storage.acquire(buckets, cost)
         except StorageError as error:
             return self._storage_error_decision(key, cost, error)
         return self._decide(key, cost, allowed, states)
+
+    def _check_one_general(
+        self, key: object, cost: object, label: str | None, key_prefix: str, policy: Policy
+    ) -> Decision:
+        """The general path of a memory check function (see ``MemoryStorage.check_function``)."""
+        if not isinstance(key, str):
+            raise TypeError(f"rate-limit key {key!r} is not a string")
+        return self._check_general(
+            [(key_prefix + key, policy)],
+            key if label is None else label,
+            cost,  # type: ignore[arg-type]
+        )
 
     async def check_buckets_async(
         self, buckets: Sequence[Bucket], key: str, cost: int = 1
@@ -285,13 +254,6 @@ class RateLimiter:
         self.storage.close()
 
     # Decisions
-
-    def _decide_one(self, decision: Decision) -> Decision:
-        """Decide a fast-path check in dry-run mode, with on_event, or after a storage failure."""
-        state = BucketState(
-            decision.policy, decision.remaining, decision.reset_after, decision.retry_after
-        )
-        return self._decide(decision.key, decision.cost, decision.allowed, [state])
 
     def _decide(self, key: str, cost: int, allowed: bool, states: list[BucketState]) -> Decision:
         if self._storage_failing:
@@ -326,13 +288,16 @@ class RateLimiter:
             states=tuple(states),
         )
         kind: EventKind = "dry_run" if self.dry_run else "limited"
-        self._log_rejection(decision)
         self._count(kind, decision)
+        self._log_rejection(decision)
         return decision
 
     def _log_rejection(self, decision: Decision) -> None:
-        """Log a rejection (or a dry-run hit), at most one line per interval with a count."""
-        suppressed = self._reject_log.ready()
+        """Log a rejection (or a dry-run hit), at most one line per interval with a count.
+
+        Call it after counting the rejection.
+        """
+        suppressed = self._reject_log.ready(self._clock())
         if suppressed is not None:
             logger.info(
                 "%s key=%s policy=%s retry_after=%.3fs (%d more since the last such line)",
@@ -343,12 +308,16 @@ class RateLimiter:
                 suppressed,
             )
 
+    def _rejection_total(self) -> int:
+        return _count_value(self._limited_count) + _count_value(self._counts["dry_run"])
+
     def _storage_error_decision(self, key: str, cost: int, error: StorageError) -> Decision:
         allow = self.on_storage_error == "allow"
         with self._counter_lock:
             self._failed_checks += 1
             first = not self._storage_failing
             self._storage_failing = True
+            self._update_general_only()
         if first:
             logger.error(
                 "rate-limit storage failed (%s); %s requests until it recovers (key=%s)",
@@ -375,6 +344,7 @@ class RateLimiter:
                 return
             failed, self._failed_checks = self._failed_checks, 0
             self._storage_failing = False
+            self._update_general_only()
         logger.warning("rate-limit storage recovered after %d failed checks", failed)
 
     def _count(self, kind: EventKind, decision: Decision, error: Exception | None = None) -> None:
@@ -411,33 +381,31 @@ def _count_value(counter: itertools.count) -> int:
 
 
 class _LogThrottle:
-    """Let one log line through per interval and count the ones held back.
+    """Let one log line through per interval and report how many were held back.
 
-    The hot path reads ``next_at`` and advances ``held_back`` without the lock; only the
-    line that is let through takes it.
+    Callers read ``next_at`` without the lock and call :meth:`ready` once it has passed, so
+    the held-back lines cost nothing here. Their number comes from ``total()``, the count of
+    events so far, which the caller advances before calling :meth:`ready`.
     """
 
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
-        #: ``time.monotonic()`` from which the next line may be logged.
-        self.next_at = 0.0
-        #: Lines held back since the throttle was created; itertools.count advances atomically.
-        self.held_back = itertools.count()
-        self._held_back_reported = 0
+    def __init__(self, interval_ns: int, total: Callable[[], int]) -> None:
+        self._interval_ns = interval_ns
+        self._total = total
+        #: The clock value, in nanoseconds, from which the next line may be logged.
+        self.next_at = -(2**63)
+        self._total_at_last_line = 0
         self._lock = threading.Lock()
 
-    def ready(self) -> int | None:
-        """Return the number held back since the last line when a line may be logged now."""
-        now = _monotonic()
+    def ready(self, now: int) -> int | None:
+        """Return the number of events held back since the last line if one may be logged."""
         if now < self.next_at:
-            next(self.held_back)
             return None
         with self._lock:
             if now < self.next_at:
-                next(self.held_back)
                 return None
-            self.next_at = now + self._interval
-            total = _count_value(self.held_back)
-            held_back = total - self._held_back_reported
-            self._held_back_reported = total
+            self.next_at = now + self._interval_ns
+            total = self._total()
+            # The event being logged is counted in total, but it is not held back.
+            held_back = max(0, total - self._total_at_last_line - 1)
+            self._total_at_last_line = total
             return held_back

@@ -31,15 +31,17 @@ Safe under threads, and under gevent or eventlet greenlets: the critical section
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
-from ..decision import BucketState
+from ..decision import BacklogDecision, BucketState, Decision
 from ..policy import Policy
-from .base import Bucket, StorageFullError, seconds_from
+from .base import Bucket, StorageError, StorageFullError, seconds_from
 
 __all__ = ["MemoryStorage"]
 
@@ -53,15 +55,49 @@ _SWEEP_PER_INSERT = 2
 _SWEEP_AT_CAP = 64
 _EVICTION_LOG_INTERVAL_NS = 60 * _NS_PER_SECOND
 
+_new_tuple = tuple.__new__
+
+
+class RejectLogDeadline(Protocol):
+    """The rejection log throttle of a limiter."""
+
+    #: The clock value, in nanoseconds, from which the next rejection may be logged.
+    next_at: int
+
+
+class CheckOwner(Protocol):
+    """The limiter that a function from :meth:`MemoryStorage.check_function` counts for."""
+
+    #: When true, every check goes to ``_check_one_general`` (dry run, event callbacks, or
+    #: storage that failed and has not recovered yet).
+    _general_only: bool
+    _allowed_count: itertools.count
+    _limited_count: itertools.count
+    _reject_log: RejectLogDeadline
+
+    def _log_rejection(self, decision: Decision) -> None:
+        """Log a rejection, unless the throttle suppresses the line."""
+        ...
+
+    def _check_one_general(
+        self, key: object, cost: object, label: str | None, key_prefix: str, policy: Policy
+    ) -> Decision:
+        """Validate the arguments and check the one bucket through ``acquire``."""
+        ...
+
+    def _storage_error_decision(self, key: str, cost: int, error: StorageError) -> Decision:
+        """Decide a check whose storage failed, as ``on_storage_error`` sets."""
+        ...
+
 
 class _Table:
     """The buckets of one policy: key -> TAT in scaled units (ns x ``scale``).
 
-    It is also the :class:`~ratelimiter.decision.RetrySource` of the decisions its buckets
+    It is also the :class:`~ratelimiter.decision.BucketSource` of the decisions its buckets
     make: a backlog is the TAT minus the scaled time of the check.
     """
 
-    __slots__ = ("scale", "interval", "tolerance", "units_per_second", "policy", "tats", "take")
+    __slots__ = ("scale", "interval", "tolerance", "units_per_second", "policy", "tats")
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
@@ -75,9 +111,6 @@ class _Table:
         self.tolerance = policy.capacity * self.interval
         self.units_per_second = self.scale * _NS_PER_SECOND
         self.tats: dict[str, int] = {}
-        #: ``take(key, cost) -> (allowed, remaining, reset_after, backlog)``, set by the storage
-        #: that owns the table (see ``MemoryStorage.table``).
-        self.take: Callable[[str, int], tuple[bool, int, float, int]]
 
     def retry_after(self, backlog: int, cost: int) -> float:
         """Seconds until a bucket with ``backlog`` admits ``cost``, never rounded down."""
@@ -104,7 +137,8 @@ class MemoryStorage:
         if max_keys < 1:
             raise ValueError(f"max_keys={max_keys!r} is invalid; use an integer >= 1")
         self.max_keys = max_keys
-        self._clock = clock
+        #: The clock of every bucket, in integer nanoseconds.
+        self.clock = clock
         self._lock = threading.Lock()
         self._tables: dict[str, _Table] = {}
         self._size = 0
@@ -123,25 +157,9 @@ class MemoryStorage:
 
     def acquire(self, buckets: Sequence[Bucket], cost: int) -> tuple[bool, list[BucketState]]:
         """Take ``cost`` tokens from every bucket, or from none when one lacks them."""
-        now = self._clock()
+        now = self.clock()
         with self._lock:
             return self._acquire_all(buckets, cost, now)
-
-    def table(self, policy: Policy) -> _Table:
-        """Return the buckets of ``policy``: the fast path of single-policy checks.
-
-        ``table(policy).take(key, cost)`` takes ``cost`` tokens from the bucket of ``key``, or
-        none when it lacks them, and returns whether it took them, the whole tokens left, the
-        seconds until the bucket is full, and the bucket's backlog in the table's time units.
-        The backlog is the one after the request when admitted and before it when rejected,
-        and ``table(policy).retry_after(backlog, cost)`` turns it into the retry time. The
-        results equal those of :meth:`acquire` with the one bucket.
-        """
-        table = self._tables.get(policy.storage_id)
-        if table is None:
-            with self._lock:
-                table = self._table(policy)
-        return table
 
     def _acquire_all(
         self, buckets: Sequence[Bucket], cost: int, now: int
@@ -201,47 +219,112 @@ class MemoryStorage:
         table = self._tables.get(policy.storage_id)
         if table is None:
             table = _Table(policy)
-            table.take = self._take_function(table)
             self._tables[policy.storage_id] = table
         return table
 
-    def _take_function(self, table: _Table) -> Callable[[str, int], tuple[bool, int, float, int]]:
-        """Build ``table.take``, with everything it reads bound to local names."""
+    def check_function(
+        self, policy: Policy, key_prefix: str, owner: CheckOwner
+    ) -> Callable[[str, int, str | None], Decision]:
+        """Build the single-bucket check of ``policy`` that ``owner``, a limiter, calls.
+
+        ``check(key, cost=1, label=None)`` takes ``cost`` tokens from the bucket of
+        ``key_prefix + key``, or none when it lacks them, counts the outcome in ``owner`` and
+        returns the :class:`Decision`, labelled with ``label`` or else ``key``. The results
+        equal those of :meth:`acquire` with that one bucket. The decision is a
+        :class:`BacklogDecision`, which computes its numbers only when they are read.
+
+        The function hands the call to ``owner._check_one_general`` when
+        ``owner._general_only`` is set, or when ``key`` is not a ``str`` or ``cost`` is not
+        an ``int`` of 0 or more. Otherwise it works in one Python frame, with everything it
+        reads bound to local names, because it runs for every request.
+        """
+        with self._lock:
+            table = self._table(policy)
         acquire_lock = self._lock.acquire
         release_lock = self._lock.release
-        clock = self._clock
+        clock = self.clock
         insert = self._insert
+        tats_get = table.tats.get
         tats = table.tats
         scale = table.scale
         interval = table.interval
         tolerance = table.tolerance
-        units_per_second = table.units_per_second
+        allowed_count = owner._allowed_count
+        limited_count = owner._limited_count
+        reject_log = owner._reject_log
+        log_rejection = owner._log_rejection
+        check_general = owner._check_one_general
+        storage_error = owner._storage_error_decision
 
-        def take(key: str, cost: int) -> tuple[bool, int, float, int]:
+        def check(key: str, cost: int = 1, label: str | None = None) -> Decision:
+            if (
+                owner._general_only
+                or cost.__class__ is not int
+                or cost < 0
+                or key.__class__ is not str
+            ):
+                return check_general(key, cost, label, key_prefix, policy)
+            storage_key = key_prefix + key
             now = clock()
-            now_scaled = now * scale
-            # On CPython 3.11, acquire() and release() take half the instructions of `with`.
-            acquire_lock()
-            try:
-                stored = tats.get(key, 0)  # 0 means absent: a stored TAT is always positive.
-                tat = stored if stored > now_scaled else now_scaled
-                new_tat = tat + cost * interval
-                backlog = new_tat - now_scaled
-                if backlog > tolerance:
-                    allowed = False
-                    backlog = tat - now_scaled
-                else:
-                    allowed = True
-                    if cost:
-                        if stored:
-                            tats[key] = new_tat
-                        else:
-                            insert(table, key, new_tat, now)
-            finally:
-                release_lock()
-            return allowed, (tolerance - backlog) // interval, backlog / units_per_second, backlog
+            # Most policies have a scale of 1, and a multiplication of ints beyond 2**30
+            # costs more than the test.
+            now_scaled = now if scale == 1 else now * scale
+            step = interval if cost == 1 else cost * interval
 
-        return take
+            # A rejection changes no state, so it is decided on one dict read, which the GIL
+            # makes atomic, without the lock. It is the same as a rejection decided under the
+            # lock an instant before any write that races with it.
+            stored = tats_get(storage_key, 0)  # 0: absent, because a stored TAT is positive.
+            backlog = (stored if stored > now_scaled else now_scaled) - now_scaled
+            allowed = False
+            if backlog + step <= tolerance:
+                try:
+                    # On CPython 3.11, acquire() and release() cost half as much as `with`.
+                    acquire_lock()
+                    try:
+                        stored = tats_get(storage_key, 0)
+                        tat = stored if stored > now_scaled else now_scaled
+                        backlog = tat - now_scaled
+                        if backlog + step <= tolerance:
+                            if cost:
+                                if stored:
+                                    tats[storage_key] = tat + step
+                                else:
+                                    insert(table, storage_key, tat + step, now)
+                            backlog += step
+                            allowed = True
+                    finally:
+                        release_lock()
+                except StorageFullError as error:
+                    return storage_error(key if label is None else label, cost, error)
+
+            decision = _new_tuple(
+                BacklogDecision,
+                (
+                    allowed,
+                    not allowed,
+                    key if label is None else label,
+                    cost,
+                    policy,
+                    False,
+                    False,
+                    None,
+                    None,
+                    0.0 if allowed else None,
+                    table,
+                    backlog,
+                    None,
+                ),
+            )
+            if allowed:
+                next(allowed_count)
+            else:
+                next(limited_count)
+                if now >= reject_log.next_at:
+                    log_rejection(decision)
+            return decision
+
+        return check
 
     def _insert(self, table: _Table, key: str, tat: int, now: int) -> None:
         """Store a new key, after dropping idle ones so that memory follows the live keys."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from flask import Flask, g, request
+from flask import Flask, abort, g, request
 
 from ratelimiter.flask import Limiter
 from ratelimiter.keys import APIKeyHeader, ClientIP, user_or_ip
@@ -240,6 +240,75 @@ def test_init_app_later(clock: FakeClock) -> None:
     limiter.init_app(app)
     client = app.test_client()
     assert [client.get("/").status_code for _ in range(2)] == [200, 429]
+
+
+def test_hook_after_init_sets_key(clock: FakeClock) -> None:
+    app = Flask(__name__)
+    limiter = Limiter(app, key_func=user_or_ip(lambda: g.get("user_id")), clock=clock)
+
+    @app.before_request
+    def sign_in():
+        g.user_id = request.headers.get("X-User")
+
+    app.add_url_rule("/", "index", limiter.limit("1/minute")(lambda: "hi"))
+    client = app.test_client()
+    client.get("/", headers={"X-User": "ada"})
+    assert client.get("/", headers={"X-User": "grace"}).status_code == 200
+
+
+def hook_app(clock: FakeClock, hook) -> Flask:
+    """An app whose hook, registered before the limiter, responds to every request itself."""
+    app = Flask(__name__)
+    app.before_request(hook)
+    Limiter(app, default_limits="2/minute", clock=clock)
+    app.add_url_rule("/", "index", lambda: "view")
+    return app
+
+
+def answer_from_hook():
+    return "from hook", 401
+
+
+def abort_in_hook():
+    abort(401)
+
+
+@pytest.mark.parametrize("hook", [answer_from_hook, abort_in_hook])
+def test_hook_response_counted(hook, clock: FakeClock) -> None:
+    client = hook_app(clock, hook).test_client()
+    statuses = [client.get("/").status_code for _ in range(3)]
+    assert statuses == [401, 401, 429]
+
+
+@pytest.mark.parametrize("hook", [answer_from_hook, abort_in_hook])
+def test_hook_response_gets_headers(hook, clock: FakeClock) -> None:
+    response = hook_app(clock, hook).test_client().get("/")
+    assert response.headers["RateLimit"] == '"2/60s";r=1;t=30'
+
+
+def test_view_error_gets_headers(clock: FakeClock) -> None:
+    app = Flask(__name__)
+    Limiter(app, default_limits="2/minute", clock=clock)
+    app.add_url_rule("/", "index", lambda: abort(404))
+    response = app.test_client().get("/")
+    assert response.headers["RateLimit"] == '"2/60s";r=1;t=30'
+
+
+def test_unknown_url_counted(clock: FakeClock) -> None:
+    app = Flask(__name__)
+    Limiter(app, default_limits="1/minute", clock=clock)
+    client = app.test_client()
+    assert [client.get("/missing").status_code for _ in range(2)] == [404, 429]
+
+
+def test_peer_keys_cache_bounded(clock: FakeClock) -> None:
+    app = Flask(__name__)
+    limiter = Limiter(app, default_limits="1/minute", clock=clock)
+    app.add_url_rule("/", "index", lambda: "hi")
+    client = app.test_client()
+    for index in range(4100):
+        client.get("/", environ_base={"REMOTE_ADDR": f"10.0.{index >> 8}.{index & 255}"})
+    assert len(limiter._peer_keys) <= 4096
 
 
 @pytest.mark.parametrize("cost", [-1, 3, 1.5])

@@ -389,7 +389,7 @@ def test_policies_admitting_bucket_no_retry(clock: FakeClock) -> None:
 class GeneralPathStorage(MemoryStorage):
     """MemoryStorage without its single-bucket fast path, so every check calls acquire()."""
 
-    table = None
+    check_function = None
 
 
 # (policy, [(seconds since start, cost), ...]) replayed through the fast and general paths.
@@ -483,6 +483,33 @@ def test_decision_copy_equal_fields(clock: FakeClock) -> None:
     limiter.check("client")
     decision = limiter.check("client")
     assert decision_fields(copy.copy(decision)) == decision_fields(decision)
+
+
+def test_dry_run_set_later(clock: FakeClock) -> None:
+    limiter = make_limiter("1/minute", clock)
+    limiter.check("client")
+    limiter.dry_run = True
+    decision = limiter.check("client")
+    assert (decision.allowed, decision.limited, decision.dry_run) == (True, True, True)
+
+
+def test_on_event_set_later(clock: FakeClock) -> None:
+    events: list[RateLimitEvent] = []
+    limiter = make_limiter("1/minute", clock)
+    limiter.on_event = events.append
+    limiter.check("client")
+    assert [event.kind for event in events] == ["allowed"]
+
+
+@pytest.mark.parametrize("policies", ["1/second, burst 2", "1/second, burst 2; 3/minute"])
+def test_bucket_check_function_equals_general(policies: str, clock: FakeClock) -> None:
+    fast = make_limiter(None, clock)
+    general = make_limiter(None, FakeClock())
+    parsed = RateLimiter(policies).policies
+    check = fast.bucket_check_function(parsed)
+    for _ in range(4):
+        expected = general.check_buckets([("key", policy) for policy in parsed], "label", 1)
+        assert decision_fields(check("key", 1, "label")) == decision_fields(expected)
 
 
 def test_rejection_log_throttled(clock: FakeClock, caplog) -> None:
