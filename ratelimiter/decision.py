@@ -26,7 +26,19 @@ class BucketState:
     retry_after: float
 
 
-class BucketSource(Protocol):
+class RetrySource(Protocol):
+    """A bucket table that computes a rejected request's retry time only when it is read."""
+
+    def retry_after(self, backlog: int, cost: int) -> float:
+        """Seconds until a bucket ``backlog`` time units behind full admits ``cost``.
+
+        Never rounded down; ``math.inf`` when ``cost`` exceeds the capacity. The backlog is
+        captured at the check, so the result never changes between reads.
+        """
+        ...
+
+
+class BucketSource(RetrySource, Protocol):
     """A memory bucket table, from which a decision computes its numbers when they are read.
 
     Time is in the table's integer units, and a backlog is the time the bucket needs to be
@@ -40,16 +52,9 @@ class BucketSource(Protocol):
     #: Units per second.
     units_per_second: int
 
-    def retry_after(self, backlog: int, cost: int) -> float:
-        """Seconds until a bucket ``backlog`` units behind full admits ``cost``.
-
-        Never rounded down; ``math.inf`` when ``cost`` exceeds the capacity.
-        """
-        ...
-
 
 # Positions in the tuple behind a Decision. A decision stores its retry time, or None with a
-# BucketSource and a backlog that compute it when it is read.
+# RetrySource and a backlog that compute it when it is read.
 _ALLOWED, _LIMITED, _KEY, _COST, _POLICY, _STORAGE_ERROR, _DRY_RUN = range(7)
 _REMAINING, _RESET_AFTER, _RETRY_AFTER, _SOURCE, _BACKLOG, _STATES = range(7, 13)
 

@@ -18,6 +18,8 @@ __all__ = ["RateLimitEvent", "RateLimiter"]
 
 logger = logging.getLogger(__name__)
 
+_new_tuple = tuple.__new__
+
 #: ``check(key, cost=1, label=None)``: the memory backend's check of one bucket (see
 #: ``MemoryStorage.check_function``).
 CheckFunction = Callable[..., Decision]
@@ -114,13 +116,19 @@ class RateLimiter:
         self._clock: Callable[[], int] = getattr(storage, "clock", time.monotonic_ns)
         self._reject_log = _LogThrottle(_REJECT_LOG_INTERVAL_NS, self._rejection_total)
 
-        # The memory backend checks one bucket in one call; storage_id -> that function,
-        # built on first use with no key prefix, for check_buckets().
-        self._check_function_of = getattr(storage, "check_function", None)
+        # A backend with a fast path for one bucket builds check(key, cost=1, label=None) for
+        # a policy and a key prefix: the memory backend from its own check_function(),
+        # Redis from its per-policy table. storage_id -> that function with no key prefix,
+        # built on first use, for check_buckets().
+        self._check_function_of: Callable[[Policy, str], CheckFunction] | None = None
+        if getattr(storage, "check_function", None) is not None:
+            self._check_function_of = self._memory_check_function
+        elif getattr(storage, "table", None) is not None:
+            self._check_function_of = self._table_check_function
         self._check_functions: dict[str, CheckFunction] = {}
         if self._check_function_of is not None and len(self.policies) == 1:
             # An instance attribute in front of the check() method, with the same contract.
-            self.check = self._check_function_of(self.policies[0], key_prefix + ":", self)
+            self.check = self._check_function_of(self.policies[0], key_prefix + ":")
 
     @property
     def dry_run(self) -> bool:
@@ -193,7 +201,7 @@ class RateLimiter:
             storage_key, policy = buckets[0]
             check = self._check_functions.get(policy.storage_id)
             if check is None:
-                check = self._check_function_of(policy, "", self)
+                check = self._check_function_of(policy, "")
                 self._check_functions[policy.storage_id] = check
             return check(storage_key, cost, key)
         return self._check_general(buckets, key, cost)
@@ -211,10 +219,66 @@ class RateLimiter:
         if not policies:
             raise ValueError("bucket_check_function() needs at least one policy")
         if self._check_function_of is not None and len(policies) == 1:
-            return self._check_function_of(policies[0], "", self)
+            return self._check_function_of(policies[0], "")
 
         def check(storage_key: str, cost: int, key: str) -> Decision:
             return self.check_buckets([(storage_key, policy) for policy in policies], key, cost)
+
+        return check
+
+    def _memory_check_function(self, policy: Policy, key_prefix: str) -> CheckFunction:
+        return self.storage.check_function(policy, key_prefix, self)  # type: ignore[attr-defined]
+
+    def _table_check_function(self, policy: Policy, key_prefix: str) -> CheckFunction:
+        """Build ``check(key, cost=1, label=None)`` on the backend's ``table(policy).take``.
+
+        It has the contract of ``MemoryStorage.check_function`` and serves backends whose
+        per-policy table takes the tokens of one bucket in one call, such as Redis.
+        """
+        table = self.storage.table(policy)  # type: ignore[attr-defined]
+        take = table.take
+        allowed_count = self._allowed_count
+        limited_count = self._limited_count
+
+        def check(key: str, cost: int = 1, label: str | None = None) -> Decision:
+            if (
+                self._general_only
+                or cost.__class__ is not int
+                or cost < 0
+                or key.__class__ is not str
+            ):
+                return self._check_one_general(key, cost, label, key_prefix, policy)
+            if label is None:
+                label = key
+            try:
+                allowed, remaining, reset_after, backlog = take(key_prefix + key, cost)
+            except StorageError as error:
+                return self._storage_error_decision(label, cost, error)
+            # The decision's retry time comes from table.retry_after() when it is read.
+            decision = _new_tuple(
+                Decision,
+                (
+                    allowed,
+                    not allowed,
+                    label,
+                    cost,
+                    policy,
+                    False,
+                    False,
+                    remaining,
+                    reset_after,
+                    0.0 if allowed else None,
+                    table,
+                    backlog,
+                    None,
+                ),
+            )
+            if allowed:
+                next(allowed_count)
+            else:
+                next(limited_count)
+                self._log_rejection(decision)
+            return decision
 
         return check
 
