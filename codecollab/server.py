@@ -157,6 +157,9 @@ def create_server(settings: Settings) -> EditorServer:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_message_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
+    # Flask-SocketIO's middleware hands Flask a copy of the WSGI environ, so the rate limiter's
+    # response wrapper must sit inside it to read the decision its request hook stores there.
+    limits = build_limits(app, settings)
     socketio = SocketIO(
         app,
         async_mode=settings.async_mode,
@@ -188,7 +191,6 @@ def create_server(settings: Settings) -> EditorServer:
         ),
     )
     rooms.before_store = lambda: socketio.sleep(0)
-    limits = build_limits(app, settings)
     cluster = build_cluster(settings, socketio, rooms)
     transport = EditorTransport(socketio, rooms, limits, settings, cluster)
     server = EditorServer(settings, app, socketio, store, rooms, limits, transport, cluster)
