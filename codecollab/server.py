@@ -31,6 +31,7 @@ from codecollab.throttling import Limits, build_limits
 from codecollab.transport import EditorTransport
 from codecollab.web.api import api
 from codecollab.web.routes import page_not_found, pages
+from envconfig import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +249,10 @@ def _register_error_handlers(app: Flask, settings: Settings) -> None:
 
 def main() -> None:
     """Read the settings, configure logging and serve."""
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
     configure_logging(settings.log_level)
     try:
         server = create_server(settings)
