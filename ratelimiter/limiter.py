@@ -23,7 +23,7 @@ _monotonic = time.monotonic
 
 
 class BucketTable(RetrySource, Protocol):
-    """The memory backend's buckets of one policy (see ``MemoryStorage.table``)."""
+    """A backend's buckets of one policy (see ``MemoryStorage.table``, ``RedisStorage.table``)."""
 
     def take(self, key: str, cost: int) -> tuple[bool, int, float, int]:
         """Take ``cost`` tokens for ``key``: allowed, remaining, reset_after and backlog."""
@@ -103,13 +103,13 @@ class RateLimiter:
         if isinstance(storage, str):
             storage = storage_from_url(storage, timeout=timeout, clock=clock)
         self.storage: Storage = storage
-        # The memory backend's fast path for one bucket, when the storage has one: its
+        # The backend's fast path for one bucket, when the storage has one: its
         # per-policy table takes tokens and computes a rejection's retry time lazily.
         self._table_of: Callable[[Policy], BucketTable] | None = getattr(storage, "table", None)
         self._single_policy: Policy | None = None
         self._single_table: BucketTable | None = None
         self._single_take: Callable[[str, int], tuple[bool, int, float, int]] | None = None
-        # storage_id -> the memory backend's table of that policy.
+        # storage_id -> the backend's table of that policy.
         self._tables: dict[str, BucketTable] = {}
         if self._table_of is not None and len(self.policies) == 1:
             self._single_policy = self.policies[0]
