@@ -4,6 +4,7 @@ Run from the repository root after ``npm ci`` in ``bench/editor``::
 
     .venv/bin/python bench/editor_bench.py            # the full run, about 5 minutes
     .venv/bin/python bench/editor_bench.py --quick    # 10 and 100 clients only
+    .venv/bin/python bench/editor_bench.py --pin      # server on CPU 0, load on the others
 
 For each client count N (10, 100, 500), each server starts fresh on a free loopback port. N
 Node.js clients (``bench/editor/load.mjs``, the same Yjs code for both servers) join one
@@ -25,7 +26,9 @@ Then 1,000 idle clients measure memory per connection, and newcomers to a 1 MB d
 connect-to-synced time.
 
 The peer server keeps documents in memory only. CodeCollab also commits every update to SQLite
-before acknowledging it, so its figures include that work. Results go to stdout as a Markdown
+before acknowledging it, so its figures include that work. With ``--pin`` each server runs alone
+on CPU 0 and every load process on the remaining CPUs, the same for both servers, so the load
+generator does not take the server's CPU. Results go to stdout as a Markdown
 table and to ``bench/results/editor-<UTC time>.json``.
 """
 
@@ -43,6 +46,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +59,26 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Seconds after the last keystroke within which a character counts as delivered.
 DRAIN_SECONDS = 2.0
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class Placement:
+    """CPUs the server and the load processes may run on; ``None`` leaves the kernel to choose."""
+
+    server: set[int] | None = None
+    clients: set[int] | None = None
+
+
+# Set once by ``main`` from ``--pin``; both servers and all load processes use the same one.
+PLACEMENT = Placement()
+
+
+def on_cpus(cpus: set[int] | None) -> Callable[[], None] | None:
+    """Return a ``preexec_fn`` that confines the child to ``cpus`` before it starts any thread."""
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
 
 # Rate limits far above what the benchmark sends: every client shares 127.0.0.1.
 CODECOLLAB_ENV = {
@@ -129,7 +153,14 @@ def start_server(kind: str) -> Server:
         command = ["node", str(PEER_SERVER)]
         cwd = LOAD_DIR
         health = f"http://127.0.0.1:{port}/"
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=log)
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=log,
+        stderr=log,
+        preexec_fn=on_cpus(PLACEMENT.server),
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -158,6 +189,7 @@ def run_load(
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        preexec_fn=on_cpus(PLACEMENT.clients),
     )
 
 
@@ -382,6 +414,11 @@ def machine_info() -> dict[str, str]:
         "python": platform.python_version(),
         "node": node,
         "kernel": platform.release(),
+        "placement": (
+            f"server on CPUs {sorted(PLACEMENT.server)}, load on CPUs {sorted(PLACEMENT.clients)}"
+            if PLACEMENT.server is not None and PLACEMENT.clients is not None
+            else "not pinned"
+        ),
     }
 
 
@@ -455,10 +492,21 @@ def main() -> None:
     parser.add_argument(
         "--typing-only", action="store_true", help="skip the idle and newcomer runs"
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="run the server on CPU 0 and the load processes on the other CPUs",
+    )
     arguments = parser.parse_args()
 
     if not PEER_SERVER.exists():
         sys.exit(f"{PEER_SERVER} is missing: run `npm ci` in {LOAD_DIR}")
+    if arguments.pin:
+        available = os.sched_getaffinity(0)
+        if 0 not in available or len(available) < 2:
+            sys.exit(f"--pin needs CPU 0 and one more CPU; this process may use {available}")
+        PLACEMENT.server = {0}
+        PLACEMENT.clients = available - {0}
     counts = arguments.clients or ([10, 100] if arguments.quick else [10, 100, 500])
     report = Report(started=datetime.now(UTC).isoformat(timespec="seconds"), machine=machine_info())
 

@@ -6,7 +6,7 @@ imported, because gevent and eventlet must monkey-patch the standard library fir
 
 try:
     from codecollab.config import read_async_mode
-    from envconfig import load_env
+    from envconfig import ConfigError, load_env
 except ModuleNotFoundError as exc:  # a Python without this repository's packages
     raise SystemExit(
         f"error: cannot import {exc.name!r}. Run `make setup` at the repository root, then"
@@ -14,7 +14,10 @@ except ModuleNotFoundError as exc:  # a Python without this repository's package
     ) from None
 
 load_env()
-_ASYNC_MODE = read_async_mode()
+try:
+    _ASYNC_MODE = read_async_mode()
+except ConfigError as exc:
+    raise SystemExit(f"error: {exc}") from None
 if _ASYNC_MODE == "gevent":
     from gevent import monkey
 

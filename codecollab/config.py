@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from envconfig import (
     ConfigError,
+    env_checked,
     env_float,
     env_int,
     env_list,
@@ -117,6 +118,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
     """
     if environ is None and dotenv:
         load_env()
+    # Imported here: app.py imports this module before gevent or eventlet patches the stdlib.
+    from ratelimiter import parse_policies
 
     def choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
         value = env_str(name, default, environ).upper()
@@ -193,11 +196,15 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
         cors_allowed_origins=origins,
-        http_rate_limit=env_str("CODECOLLAB_HTTP_RATE_LIMIT", "300/minute, burst 100", environ),
-        connect_rate_limit=env_str(
-            "CODECOLLAB_CONNECT_RATE_LIMIT", "120/minute, burst 60", environ
+        http_rate_limit=env_checked(
+            "CODECOLLAB_HTTP_RATE_LIMIT", "300/minute, burst 100", parse_policies, environ
         ),
-        socket_rate_limit=env_str("CODECOLLAB_SOCKET_RATE_LIMIT", "100/second, burst 300", environ),
+        connect_rate_limit=env_checked(
+            "CODECOLLAB_CONNECT_RATE_LIMIT", "120/minute, burst 60", parse_policies, environ
+        ),
+        socket_rate_limit=env_checked(
+            "CODECOLLAB_SOCKET_RATE_LIMIT", "100/second, burst 300", parse_policies, environ
+        ),
         socket_flood_seconds=env_float(
             "CODECOLLAB_SOCKET_FLOOD_SECONDS", 2.0, minimum=0.1, maximum=60.0, environ=environ
         ),

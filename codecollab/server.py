@@ -31,6 +31,7 @@ from codecollab.throttling import Limits, build_limits
 from codecollab.transport import EditorTransport
 from codecollab.web.api import api
 from codecollab.web.routes import page_not_found, pages
+from envconfig import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +158,9 @@ def create_server(settings: Settings) -> EditorServer:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_message_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
+    # Flask-SocketIO's middleware hands Flask a copy of the WSGI environ, so the rate limiter's
+    # response wrapper must sit inside it to read the decision its request hook stores there.
+    limits = build_limits(app, settings)
     socketio = SocketIO(
         app,
         async_mode=settings.async_mode,
@@ -188,7 +192,6 @@ def create_server(settings: Settings) -> EditorServer:
         ),
     )
     rooms.before_store = lambda: socketio.sleep(0)
-    limits = build_limits(app, settings)
     cluster = build_cluster(settings, socketio, rooms)
     transport = EditorTransport(socketio, rooms, limits, settings, cluster)
     server = EditorServer(settings, app, socketio, store, rooms, limits, transport, cluster)
@@ -246,7 +249,10 @@ def _register_error_handlers(app: Flask, settings: Settings) -> None:
 
 def main() -> None:
     """Read the settings, configure logging and serve."""
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
     configure_logging(settings.log_level)
     try:
         server = create_server(settings)

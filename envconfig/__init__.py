@@ -10,7 +10,7 @@ surfacing as a strange failure later.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from dotenv import load_dotenv
@@ -18,6 +18,7 @@ from dotenv import load_dotenv
 __all__ = [
     "ConfigError",
     "env_bool",
+    "env_checked",
     "env_float",
     "env_int",
     "env_list",
@@ -61,6 +62,29 @@ def env_str(name: str, default: str, environ: Mapping[str, str] | None = None) -
     """Return the variable as a string, or ``default`` when it is unset or blank."""
     value = _raw(name, environ)
     return default if value is None else value
+
+
+def env_checked(
+    name: str,
+    default: str,
+    check: Callable[[str], object],
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """Return the variable as a string once ``check`` accepts it, or ``default`` when unset.
+
+    ``check`` is a parser such as ``ratelimiter.parse_policies`` that raises ``ValueError`` on
+    invalid text; its result is dropped. The default is not checked.
+
+    :raises ConfigError: naming the variable and its value, followed by the parser's message.
+    """
+    value = _raw(name, environ)
+    if value is None:
+        return default
+    try:
+        check(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={value!r} is invalid: {exc}") from None
+    return value
 
 
 def env_int(

@@ -20,8 +20,8 @@ logger = logging.getLogger(__name__)
 
 _new_tuple = tuple.__new__
 
-#: ``check(key, cost=1, label=None)``: the memory backend's check of one bucket (see
-#: ``MemoryStorage.check_function``).
+#: ``check(key, cost=1, label=None)``: a backend's check of one bucket (see
+#: ``MemoryStorage.check_function`` and ``RateLimiter._table_check_function``).
 CheckFunction = Callable[..., Decision]
 
 EventKind = Literal["allowed", "limited", "dry_run", "storage_error"]

@@ -123,6 +123,9 @@ def make_celery(settings: Settings, *, producer: bool = False) -> Celery:
             transport_options["read_timeout"] = settings.publish_timeout
             transport_options["write_timeout"] = settings.publish_timeout
 
+    # Celery 5.7 prefers CELERY_RESULT_BACKEND from the environment over ``result_backend``,
+    # so the rewritten URL goes into ``backend_cls``, which Celery prefers over both.
+    app.backend_cls = backend_url(settings.result_backend)
     video_queue, io_queue = settings.video_queue, settings.io_queue
     app.conf.update(
         broker_url=settings.broker_url,
@@ -154,7 +157,8 @@ def make_celery(settings: Settings, *, producer: bool = False) -> Celery:
         # cost a second database commit per task.
         task_track_started=False,
         # The task store keeps every task's state and result, and GET /tasks/<id> reads it
-        # there; a second copy in the result backend cost a third of a short task's CPU.
+        # there. CELERY_STORE_RESULTS, on by default, adds a copy in the result backend for
+        # AsyncResult and Flower.
         task_ignore_result=not settings.store_results,
         task_publish_retry=False,
         worker_prefetch_multiplier=1,

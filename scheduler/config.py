@@ -14,7 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from envconfig import ConfigError, env_bool, env_float, env_int, env_str, load_env, repo_root
+from envconfig import (
+    ConfigError,
+    env_bool,
+    env_checked,
+    env_float,
+    env_int,
+    env_str,
+    load_env,
+    repo_root,
+)
+from ratelimiter import parse_policies
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +155,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         io_queue=env_str("SCHEDULER_IO_QUEUE", "io", environ),
         dead_letter_queue=env_str("SCHEDULER_DEAD_LETTER_QUEUE", "dead_letter", environ),
         publish_timeout=env_float("SCHEDULER_PUBLISH_TIMEOUT", 3.0, minimum=0.1, environ=environ),
-        video_rate_limit=env_str("SCHEDULER_VIDEO_RATE_LIMIT", "5/minute, burst 5", environ),
-        post_rate_limit=env_str("SCHEDULER_POST_RATE_LIMIT", "30/minute, burst 10", environ),
+        video_rate_limit=env_checked(
+            "SCHEDULER_VIDEO_RATE_LIMIT", "5/minute, burst 5", parse_policies, environ
+        ),
+        post_rate_limit=env_checked(
+            "SCHEDULER_POST_RATE_LIMIT", "30/minute, burst 10", parse_policies, environ
+        ),
         rate_limit_storage=env_str("RATELIMIT_STORAGE_URL", "memory://", environ),
         video_soft_time_limit=env_int("VIDEO_SOFT_TIME_LIMIT", 1500, minimum=1, environ=environ),
         video_time_limit=env_int("VIDEO_TIME_LIMIT", 1560, minimum=1, environ=environ),

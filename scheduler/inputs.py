@@ -111,14 +111,38 @@ def parse_idempotency_key(value: str | None) -> str | None:
     return value
 
 
-def require_json_object(body: object) -> dict[str, Any]:
+def parse_json_object(data: bytes, mimetype: str, example: str) -> dict[str, Any]:
+    """Parse a request body that must be a JSON object of plain JSON values.
+
+    :param data: the raw body.
+    :param mimetype: the request's content type without parameters; only
+        ``application/json`` is accepted.
+    :param example: a short valid body of the route, quoted when the body is not an object.
+    :raises InvalidInput: 415 for another content type, 400 for a body that is not valid
+        JSON or not an object.
+    """
+    if mimetype != "application/json":
+        raise InvalidInput(
+            f"the request body must be JSON sent with Content-Type: application/json,"
+            f" not {mimetype or 'no content type'!r}; with curl, add"
+            " -H 'Content-Type: application/json'",
+            415,
+        )
+    try:
+        body = json.loads(data)
+    except ValueError as exc:
+        raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
+    return require_json_object(body, example)
+
+
+def require_json_object(body: object, example: str = "{}") -> dict[str, Any]:
     """Check that a parsed JSON body is an object whose values are plain JSON.
 
     ``NaN`` and ``Infinity`` are accepted by Python's parser but are not JSON, and the task
     store and the broker would reject them later, so they are rejected here.
     """
     if not isinstance(body, dict):
-        raise InvalidInput('the request body must be a JSON object, e.g. {"since": "..."}')
+        raise InvalidInput(f"the request body must be a JSON object, e.g. {example}")
     try:
         json.dumps(body, allow_nan=False)
     except ValueError as exc:

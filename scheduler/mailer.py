@@ -8,14 +8,18 @@ caller retries, and permanent ones (5xx), which are final for that recipient.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import smtplib
 import ssl
 from dataclasses import dataclass
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 from email.utils import formatdate, make_msgid
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 logger = logging.getLogger(__name__)
@@ -27,6 +31,51 @@ _ADDRESS = re.compile(
     r"@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
 )
 MAX_ADDRESS_LENGTH = 254
+
+
+class _CachedHeaderRegistry(HeaderRegistry):
+    """A ``HeaderRegistry`` that builds each header class once.
+
+    CPython's registry (3.11 here) creates a new class with ``type()`` for every header it
+    parses, which took a third of the CPU time of :func:`build_message`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._classes: dict[str, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        key = name.lower()
+        header_class = self._classes.get(key)
+        if header_class is None:
+            header_class = self._classes[key] = super().__getitem__(name)
+        return header_class
+
+
+# Headers with the same value on every message built here: the sender, and the MIME headers
+# that ``set_content`` adds to a plain-text body.
+_REPEATED_HEADERS = frozenset({"from", "content-type", "content-transfer-encoding", "mime-version"})
+
+
+class _MessagePolicy(EmailPolicy):
+    """Python's default e-mail policy, which parses each repeated header value only once.
+
+    The email package never changes a header object after parsing it, so messages can share
+    them. With the cached header classes, :func:`build_message` plus ``bytes()`` took
+    0.23 ms of CPU instead of 0.55 ms (a loop of 2,000 messages on the VM of
+    ``docs/benchmarks.md``), and the bytes stay the same.
+    """
+
+    def header_store_parse(self, name: str, value: Any) -> tuple[str, Any]:
+        if isinstance(value, str) and name.lower() in _REPEATED_HEADERS:
+            return _parse_repeated_header(self, name, value)
+        return super().header_store_parse(name, value)
+
+
+# Bounded, because a caller may pass any sender. The MIME headers take a handful of entries.
+_parse_repeated_header = functools.lru_cache(maxsize=64)(EmailPolicy.header_store_parse)
+
+MESSAGE_POLICY = _MessagePolicy(header_factory=_CachedHeaderRegistry())
 
 
 def address_error(address: object) -> str | None:
@@ -84,7 +133,7 @@ def parse_smtp_url(url: str) -> SmtpTarget:
 
 def build_message(sender: str, recipient: str, subject: str, body: str) -> EmailMessage:
     """Build one plain-text message to ``recipient``."""
-    message = EmailMessage()
+    message = EmailMessage(policy=MESSAGE_POLICY)
     message["From"] = sender
     message["To"] = recipient
     message["Subject"] = subject

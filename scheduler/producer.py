@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 MAX_FORM_OVERHEAD = 64 * 1024
 MAX_THUMBNAILS = 100
 MAX_PER_PAGE = 100
+# Valid bodies quoted in the error for a JSON body that is not an object.
+REPORT_EXAMPLE = '{"since": "2030-01-01T00:00:00Z"}'
+EMAIL_EXAMPLE = '{"recipients": ["ann@example.com"], "subject": "Hi", "body": "Text"}'
 _TASK_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
 
@@ -257,7 +260,7 @@ def create_app(
     @app.post("/generate-report")
     @limiter.limit(settings.post_rate_limit)
     def generate_report() -> Any:
-        body = inputs.require_json_object(request.get_json(silent=True))
+        body = inputs.parse_json_object(request.get_data(), request.mimetype, REPORT_EXAMPLE)
         report = inputs.parse_report(body)
         run_at = inputs.parse_schedule(body)
         key = inputs.parse_idempotency_key(request.headers.get("Idempotency-Key"))
@@ -267,7 +270,7 @@ def create_app(
     @app.post("/send-emails")
     @limiter.limit(settings.post_rate_limit)
     def send_emails() -> Any:
-        body = inputs.require_json_object(request.get_json(silent=True))
+        body = inputs.parse_json_object(request.get_data(), request.mimetype, EMAIL_EXAMPLE)
         email = inputs.parse_emails(body)
         run_at = inputs.parse_schedule(body)
         key = inputs.parse_idempotency_key(request.headers.get("Idempotency-Key"))

@@ -108,7 +108,7 @@ def put_text(session_id: str) -> JsonResponse:
     """Replace the text of a session (creating it if needed) through a minimal diff.
 
     The body is the new text as UTF-8 (any content type), or JSON ``{"text": "..."}`` with
-    ``Content-Type: application/json``.
+    ``Content-Type: application/json``. CRLF and CR line breaks are stored as LF.
     """
     if (invalid := _invalid_id(session_id)) is not None:
         return invalid
@@ -144,8 +144,15 @@ def _read_text_body() -> tuple[str, str | None]:
         body = request.get_json(silent=True)
         if not isinstance(body, dict) or not isinstance(body.get("text"), str):
             return "", 'The JSON body must be an object with a string "text"'
-        return body["text"], None
+        return _normalize_line_breaks(body["text"]), None
     try:
-        return request.get_data().decode("utf-8"), None
+        text = request.get_data().decode("utf-8")
     except UnicodeDecodeError as exc:
         return "", f"The body is not valid UTF-8 (byte {exc.start}); send the text as UTF-8"
+    return _normalize_line_breaks(text), None
+
+
+def _normalize_line_breaks(text: str) -> str:
+    # CodeMirror reads "\r\n" as one line break while Yjs counts two characters, so a "\r" in
+    # the shared text would put a browser's later edits in the wrong place.
+    return text.replace("\r\n", "\n").replace("\r", "\n")

@@ -110,6 +110,30 @@ def test_put_json_body_accepted(shared_editor: ServerProcess) -> None:
         assert reply.read() == b"from json"
 
 
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        (b"one\r\ntwo\rthree\n", {"Content-Type": "text/plain"}),
+        (
+            json.dumps({"text": "one\r\ntwo\rthree\n"}).encode(),
+            {"Content-Type": "application/json"},
+        ),
+    ],
+    ids=["plain", "json"],
+)
+def test_put_text_line_breaks_normalized(
+    shared_editor: ServerProcess, body: bytes, headers: dict[str, str]
+) -> None:
+    session = unique_session()
+    status, _headers, reply = request(
+        shared_editor, "PUT", f"/api/sessions/{session}/text", body, headers
+    )
+    assert status == 200
+    assert json.loads(reply)["size"]["characters"] == len("one\ntwo\nthree\n")
+    with urllib.request.urlopen(f"{shared_editor.url}/api/sessions/{session}/text") as text:
+        assert text.read() == b"one\ntwo\nthree\n"
+
+
 def test_put_json_without_text_rejected(shared_editor: ServerProcess) -> None:
     status, _headers, body = request(
         shared_editor,

@@ -302,6 +302,35 @@ def test_two_tabs_converge(open_tab, session_url, editor_server):
     assert fetch_server_text(editor_server, session_url) == texts[0]
 
 
+def test_typing_after_crlf_put(open_tab, session_url, editor_server):
+    # CodeMirror counts "\r\n" as one line break and Yjs as two characters, so a "\r" in the
+    # shared text would shift the tab's edits against the server's copy.
+    session_id = session_url.rsplit("/", 1)[1]
+    put = urllib.request.Request(
+        f"{editor_server.base_url}/api/sessions/{session_id}/text",
+        data=b"one\r\ntwo\r\nthree\rfour",
+        method="PUT",
+        headers={"Content-Type": "text/plain"},
+    )
+    with urllib.request.urlopen(put, timeout=5) as response:
+        assert response.status == 200
+    page = open_tab(session_url)
+    page.click(".cm-content")
+    page.keyboard.press("Control+End")
+    page.keyboard.type("!")
+    page.wait_for_function(
+        "window.codecollab.editor.view.state.doc.toString().endsWith('four!')",
+        timeout=CONVERGE_TIMEOUT_MS,
+    )
+    deadline = time.monotonic() + CONVERGE_TIMEOUT_MS / 1000
+    server_text = fetch_server_text(editor_server, session_url)
+    while server_text != editor_text(page) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        server_text = fetch_server_text(editor_server, session_url)
+    assert server_text == "one\ntwo\nthree\nfour!"
+    assert editor_text(page) == server_text
+
+
 def test_counter_two_then_one(open_tab, session_url):
     first = open_tab(session_url, name="Ada")
     second = open_tab(session_url, name="Grace")

@@ -35,6 +35,9 @@ def test_async_mode_selectable(mode: str) -> None:
         ),
         ({"CODECOLLAB_SQLITE_SYNCHRONOUS": "sometimes"}, "CODECOLLAB_SQLITE_SYNCHRONOUS"),
         ({"CODECOLLAB_PORT": "http"}, "CODECOLLAB_PORT='http'"),
+        ({"CODECOLLAB_HTTP_RATE_LIMIT": "lots"}, "CODECOLLAB_HTTP_RATE_LIMIT='lots'"),
+        ({"CODECOLLAB_CONNECT_RATE_LIMIT": "1/fortnight"}, "CODECOLLAB_CONNECT_RATE_LIMIT="),
+        ({"CODECOLLAB_SOCKET_RATE_LIMIT": "0/second"}, "CODECOLLAB_SOCKET_RATE_LIMIT='0/second'"),
     ],
 )
 def test_invalid_setting_rejected(environ: dict[str, str], message: str) -> None:

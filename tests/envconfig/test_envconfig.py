@@ -1,6 +1,6 @@
 import pytest
 
-from envconfig import ConfigError, env_bool, env_float, env_int, env_list, env_str
+from envconfig import ConfigError, env_bool, env_checked, env_float, env_int, env_list, env_str
 
 
 @pytest.mark.parametrize(
@@ -40,3 +40,18 @@ def test_env_list_drops_blanks() -> None:
 
 def test_env_str_strips_spaces() -> None:
     assert env_str("NAME", "x", environ={"NAME": "  y "}) == "y"
+
+
+def test_env_checked_names_variable() -> None:
+    def parse_even(text: str) -> int:
+        if int(text) % 2:
+            raise ValueError(f"{text} is odd")
+        return int(text)
+
+    with pytest.raises(ConfigError, match=r"^COUNT='3' is invalid: 3 is odd$"):
+        env_checked("COUNT", "2", parse_even, {"COUNT": "3"})
+
+
+@pytest.mark.parametrize(("environ", "expected"), [({}, "2"), ({"COUNT": " 4 "}, "4")])
+def test_env_checked_returns_text(environ: dict[str, str], expected: str) -> None:
+    assert env_checked("COUNT", "2", int, environ) == expected

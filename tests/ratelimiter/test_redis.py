@@ -7,7 +7,9 @@ import itertools
 import logging
 import math
 import multiprocessing
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ from ratelimiter.asgi import RateLimitMiddleware
 from ratelimiter.flask import Limiter
 from ratelimiter.storage.redis import RedisStorage
 
+from ..conftest import _unavailable
 from .redis_worker import process_worker
 
 pytestmark = pytest.mark.timeout(60)
@@ -403,3 +406,186 @@ def test_redis_matches_memory_counts(policy: str, make_limiter) -> None:
 def test_redis_remaining_after_partial_cost(make_limiter) -> None:
     limiter = make_limiter("1000000/day")
     assert limiter.check("client", cost=250_000).remaining == 750_000
+
+
+# The script's arithmetic and the encoded command
+
+
+def redis_time_us(client: redis.Redis) -> int:
+    seconds, microseconds = client.time()
+    return seconds * 1_000_000 + microseconds
+
+
+def stored_value(client: redis.Redis, prefix: str, key: str, policy: Policy) -> tuple[int, int]:
+    """Return the (microseconds, fraction) pair stored for ``key`` under ``policy``."""
+    value = client.get(f"{{{prefix}:{key}}}:{policy.storage_id}")
+    microseconds, fraction = value.split(b":")
+    return int(microseconds), int(fraction)
+
+
+@pytest.mark.parametrize(
+    ("policy", "costs", "steps"),
+    [
+        # 60 s / 7 = 8,571,428 us + 4/7: the fractions carry into whole microseconds.
+        ("7/minute", [1, 1, 5], [(8_571_428, 4), (8_571_429, 1), (42_857_143, 0)]),
+        # One token lasts 86 us + 0.4. The first cost keeps the bucket 8.6 s from full, so the
+        # next checks build on its arrival time. The sums need 51 bits and stay exact.
+        (
+            "1000000000/day",
+            [100_001, 1, 1],
+            [(8_640_086, 400_000_000), (86, 800_000_000), (87, 200_000_000)],
+        ),
+    ],
+)
+def test_redis_stored_tat_exact(
+    policy: str,
+    costs: list[int],
+    steps: list[tuple[int, int]],
+    make_limiter,
+    redis_client,
+    unique_prefix,
+) -> None:
+    """Each admitted check adds exactly cost x period / count to the stored arrival time."""
+    limiter = make_limiter(policy)
+    before = redis_time_us(redis_client)
+    previous = None
+    for cost, (step_us, fraction) in zip(costs, steps, strict=True):
+        assert limiter.check("client", cost=cost).allowed
+        microseconds, stored_fraction = stored_value(
+            redis_client, unique_prefix, "client", limiter.policies[0]
+        )
+        if previous is None:
+            # The first check starts from the server's clock, read between these two calls.
+            assert before + step_us <= microseconds <= redis_time_us(redis_client) + step_us
+        else:
+            assert microseconds - previous == step_us
+        assert stored_fraction == fraction
+        previous = microseconds
+
+
+def test_redis_largest_refill_exact(make_limiter, redis_client, unique_prefix) -> None:
+    """A bucket that takes 2**51 us to refill stores its arrival time and TTL exactly."""
+    policy = Policy(1, 2**51 / 1_000_000)
+    limiter = make_limiter(policy)
+    before = redis_time_us(redis_client)
+    assert limiter.check("client").allowed
+    microseconds, fraction = stored_value(redis_client, unique_prefix, "client", policy)
+    key = f"{{{unique_prefix}:client}}:{policy.storage_id}"
+    assert before + 2**51 <= microseconds <= redis_time_us(redis_client) + 2**51
+    assert fraction == 0
+    assert 2**51 // 1000 - 60_000 < redis_client.pttl(key) <= 2**51 // 1000 + 1
+
+
+@pytest.mark.parametrize(
+    ("stored", "remaining"),
+    [
+        ("{future}:0", 5),  # 3.5 tokens used: 6.5 left, 5 after this check
+        ("{past}:0", 9),
+        ("{future}", 9),  # no fraction: not a stored state
+        ("garbage", 9),
+    ],
+)
+def test_redis_reads_stored_value(
+    stored: str, remaining: int, make_limiter, redis_client, unique_prefix
+) -> None:
+    """A stored value other than "<microseconds>:<fraction>" counts as an unused bucket."""
+    limiter = make_limiter("10/minute")
+    now = redis_time_us(redis_client)
+    value = stored.format(future=now + 21_000_000, past=now - 1_000_000)
+    key = f"{{{unique_prefix}:client}}:{limiter.policies[0].storage_id}"
+    redis_client.set(key, value, px=60_000)
+    assert limiter.check("client").remaining == remaining
+
+
+def test_redis_unicode_key(make_limiter, redis_client, unique_prefix) -> None:
+    limiter = make_limiter("2/minute")
+    decisions = [limiter.check("клиент-ü") for _ in range(3)]
+    key = f"{{{unique_prefix}:клиент-ü}}:{limiter.policies[0].storage_id}"
+    assert [decision.allowed for decision in decisions] == [True, True, False]
+    assert redis_client.exists(key.encode()) == 1
+
+
+def test_redis_table_matches_acquire(make_limiter) -> None:
+    """The single-policy fast path returns what the general path returns."""
+    limiter = make_limiter("10/day")
+    storage = limiter.storage
+    policy = limiter.policies[0]
+    for cost in [3, 5, 4, 0, 2]:
+        fast = limiter.check("fast", cost=cost)
+        allowed, [state] = storage.acquire(limiter.buckets("general"), cost)
+        assert fast.allowed is allowed
+        assert fast.remaining == state.remaining
+        assert fast.retry_after == pytest.approx(state.retry_after, abs=0.01)
+        assert fast.reset_after == pytest.approx(state.reset_after, abs=0.01)
+        assert fast.policy is policy
+
+
+def test_redis_many_distinct_costs(make_limiter) -> None:
+    """Costs past the encoded-argument cache are encoded per call, with the same result."""
+    limiter = make_limiter("100000/day")
+    remaining = [limiter.check("client", cost=cost).remaining for cost in range(1, 101)]
+    assert remaining == [100_000 - cost * (cost + 1) // 2 for cost in range(1, 101)]
+
+
+@pytest.fixture(scope="module")
+def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start a redis-server of this module's own, so tests may flush its scripts."""
+    if shutil.which("redis-server") is None:
+        _unavailable("redis-server is not installed, so a private Redis cannot be started")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = tmp_path_factory.mktemp("redis-private")
+    server = subprocess.Popen(
+        [
+            "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis(port=port)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    _unavailable(f"redis-server did not start on port {port}")
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("policies", "use_async"),
+    [("1/minute", False), ("1/minute; 10/hour", False), ("1/minute", True)],
+)
+def test_redis_script_reloaded_after_flush(
+    policies: str, use_async: bool, private_redis: str, unique_prefix: str
+) -> None:
+    """After SCRIPT FLUSH the next check loads the script again and keeps the buckets."""
+    limiter = RateLimiter(policies, storage=private_redis, key_prefix=unique_prefix, timeout=2.0)
+    flusher = redis.Redis.from_url(private_redis)
+
+    async def check_async() -> bool:
+        return (await limiter.check_async("client")).allowed
+
+    def check() -> bool:
+        return asyncio.run(check_async()) if use_async else limiter.check("client").allowed
+
+    try:
+        first = check()
+        flusher.script_flush()
+        second = check()
+        assert first is True
+        assert second is False
+        assert limiter.counters["storage_error"] == 0
+    finally:
+        flusher.close()
+        limiter.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from email.message import EmailMessage
+
 import pytest
 
 from scheduler import mailer
@@ -56,6 +58,33 @@ def test_parse_smtp_url(url, host, port, use_ssl, starttls, user) -> None:  # no
 def test_parse_smtp_url_invalid(url: str) -> None:
     with pytest.raises(ValueError):
         mailer.parse_smtp_url(url)
+
+
+@pytest.mark.parametrize(
+    ("sender", "recipient", "subject", "body"),
+    [
+        ("from@example.com", "ann@example.com", "S", "B"),
+        ("Zoë <from@example.com>", "Ann Né <ann@example.com>", "Grüße aus Köln " * 8, "ü\n" * 40),
+        ("from@example.com", "ann@example.com", "long line", "ü" * 5000),
+    ],
+)
+def test_build_message_bytes(sender: str, recipient: str, subject: str, body: str) -> None:
+    message = mailer.build_message(sender, recipient, subject, body)
+    expected = EmailMessage()
+    expected["From"] = sender
+    expected["To"] = recipient
+    expected["Subject"] = subject
+    expected["Date"] = str(message["Date"])
+    expected["Message-ID"] = str(message["Message-ID"])
+    expected.set_content(body)
+    assert bytes(message) == bytes(expected)
+
+
+def test_build_message_sender_changes() -> None:
+    first = mailer.build_message("a@example.com", "ann@example.com", "S", "B")
+    second = mailer.build_message("b@example.com", "ann@example.com", "S", "B")
+    assert first["From"] == "a@example.com"
+    assert second["From"] == "b@example.com"
 
 
 @pytest.mark.parametrize(

@@ -48,8 +48,10 @@ def post_json(client, path: str, body: object, **headers: str):  # noqa: ANN001,
 @pytest.mark.parametrize(
     ("path", "body", "status", "fragment"),
     [
-        ("/send-emails", "not json", 400, "JSON object"),
-        ("/send-emails", [1, 2], 400, "JSON object"),
+        ("/send-emails", "not json", 400, "not valid JSON"),
+        ("/send-emails", [1, 2], 400, 'JSON object, e.g. {"recipients"'),
+        ("/generate-report", "{", 400, "not valid JSON"),
+        ("/generate-report", "null", 400, 'JSON object, e.g. {"since"'),
         ("/send-emails", {"recipients": [], "subject": "s", "body": "b"}, 400, "recipients"),
         (
             "/send-emails",
@@ -83,6 +85,15 @@ def test_post_bad_json(api, path: str, body: object, status: int, fragment: str)
     response = client.post(path, data=raw, content_type="application/json")
     assert response.status_code == status
     assert fragment in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("path", ["/send-emails", "/generate-report"])
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain", None])
+def test_post_json_wrong_content_type(api, path: str, content_type: str | None) -> None:
+    _, client = api
+    response = client.post(path, data=json.dumps(EMAIL), content_type=content_type)
+    assert response.status_code == 415
+    assert "Content-Type: application/json" in response.get_json()["error"]
 
 
 def test_post_non_json_serialisable(api) -> None:
@@ -347,18 +358,18 @@ def test_errors_are_json(api) -> None:
 
 
 @pytest.mark.parametrize(
-    ("path", "variable"),
+    ("path", "variable", "invalid_status"),
     [
-        ("/process-video", "SCHEDULER_VIDEO_RATE_LIMIT"),
-        ("/send-emails", "SCHEDULER_POST_RATE_LIMIT"),
+        ("/process-video", "SCHEDULER_VIDEO_RATE_LIMIT", 400),
+        ("/send-emails", "SCHEDULER_POST_RATE_LIMIT", 415),
     ],
 )
-def test_rate_limit_429(rabbit_env, path: str, variable: str) -> None:
+def test_rate_limit_429(rabbit_env, path: str, variable: str, invalid_status: int) -> None:
     _, _, client = make_client({**rabbit_env, variable: "2/minute, burst 2"})
     statuses = [
         client.post(path, data={}, content_type="multipart/form-data").status_code for _ in range(3)
     ]
-    assert statuses[:2] == [400, 400]
+    assert statuses[:2] == [invalid_status, invalid_status]
     response = client.post(path, data={}, content_type="multipart/form-data")
     assert response.status_code == 429
     assert int(response.headers["Retry-After"]) >= 1

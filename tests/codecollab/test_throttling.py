@@ -1,0 +1,41 @@
+"""The editor's HTTP rate limit, seen from a client of a real editor process."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import pytest
+
+from .conftest import ServerFactory, ServerProcess
+from .yclient import unique_session
+
+
+def get(server: ServerProcess, path: str) -> tuple[int, dict[str, str]]:
+    try:
+        with urllib.request.urlopen(f"{server.url}{path}", timeout=10) as reply:
+            return reply.status, dict(reply.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/", "/api/sessions/default", "/api/sessions/default/text", "/no-such-page"],
+)
+def test_http_limit_headers_on_responses(shared_editor: ServerProcess, path: str) -> None:
+    status, headers = get(shared_editor, path)
+    assert status in (200, 404)
+    assert "RateLimit-Policy" in headers
+    assert "RateLimit" in headers
+
+
+def test_http_limit_headers_on_429(start_editor: ServerFactory) -> None:
+    server = start_editor(CODECOLLAB_HTTP_RATE_LIMIT="3/minute, burst 3")
+    path = f"/api/sessions/{unique_session()}"
+    replies = [get(server, path) for _ in range(5)]
+    status, headers = replies[-1]
+    assert status == 429
+    assert int(headers["Retry-After"]) >= 1
+    assert headers["RateLimit-Policy"].startswith('"3/60s"')
+    assert "r=0" in headers["RateLimit"]
