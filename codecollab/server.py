@@ -158,8 +158,6 @@ def create_server(settings: Settings) -> EditorServer:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_message_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    # Flask-SocketIO's middleware hands Flask a copy of the WSGI environ, so the rate limiter's
-    # response wrapper must sit inside it to read the decision its request hook stores there.
     limits = build_limits(app, settings)
     socketio = SocketIO(
         app,

@@ -45,6 +45,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 KeyFunc = Callable[[], str] | KeySource
 
 _DECISION_KEY = "ratelimiter.decision"
+# A one-item list that the header wrapper puts into the environ and the check fills in.
+# Middleware between the wrapper and Flask (Flask-SocketIO's, for one) may hand Flask a shallow
+# copy of the environ; the copy still refers to the same list, so the decision reaches the
+# wrapper whatever the order in which the middleware was installed.
+_DECISION_SLOT_KEY = "ratelimiter.decision_slot"
 
 
 @dataclass(frozen=True)
@@ -264,6 +269,9 @@ class Limiter:
 
             if decision is not None:
                 environ[_DECISION_KEY] = decision
+                slot = environ.get(_DECISION_SLOT_KEY)
+                if slot is not None:
+                    slot[0] = decision
                 if not decision.allowed:
                     return _rejection_response(decision)
             if error is not None:
@@ -329,8 +337,9 @@ class Limiter:
         def app_with_headers(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             if not self.headers_enabled:
                 return wsgi_app(environ, start_response)
+            slot = environ[_DECISION_SLOT_KEY] = [None]
             # A partial costs less to build per request than a closure.
-            return wsgi_app(environ, functools.partial(_start_response, environ, start_response))
+            return wsgi_app(environ, functools.partial(_start_response, slot, start_response))
 
         return app_with_headers
 
@@ -353,7 +362,7 @@ def _rejection_response(decision: Decision) -> Response:
 
 
 def _start_response(
-    environ: dict[str, Any],
+    slot: list[Decision | None],
     start_response: Callable[..., Any],
     status: str,
     headers: list[tuple[str, str]],
@@ -361,7 +370,7 @@ def _start_response(
 ) -> Any:
     """Start the response with the rate-limit headers of the request's decision, if any."""
     # The check has run by now, because Flask starts the response last.
-    decision = environ.get(_DECISION_KEY)
+    decision = slot[0]
     if decision is not None:
         headers = headers + rate_limit_headers(decision)
     return start_response(status, headers, exc_info)

@@ -73,6 +73,29 @@ def test_allowed_response_headers(clock: FakeClock) -> None:
     assert "Cache-Control" not in response.headers
 
 
+def test_headers_through_environ_copy(clock: FakeClock) -> None:
+    # Middleware installed before the limiter, such as Flask-SocketIO's, may pass Flask a
+    # copy of the environ; the headers must still reach the response.
+    app = Flask(__name__)
+    inner = app.wsgi_app
+    app.wsgi_app = lambda environ, start_response: inner(dict(environ), start_response)
+    limiter = Limiter(app, clock=clock)
+
+    @app.post("/process-video")
+    @limiter.limit("2/minute")
+    def process_video():
+        return {"queued": True}
+
+    client = app.test_client()
+    allowed = client.post("/process-video")
+    client.post("/process-video")
+    limited = client.post("/process-video")
+    assert allowed.headers["RateLimit"] == '"2/60s";r=1;t=30'
+    assert limited.status_code == 429
+    assert limited.headers["RateLimit"] == '"2/60s";r=0;t=60'
+    assert limited.headers["Retry-After"] == "30"
+
+
 def test_headers_disabled(clock: FakeClock) -> None:
     app, _ = make_app(clock, headers_enabled=False)
     client = app.test_client()
