@@ -247,12 +247,17 @@ class Limiter:
                 environ = req.environ
                 method = environ.get("REQUEST_METHOD", "GET")
                 if method not in self.exempt_methods:
-                    rule = req.url_rule
-                    # Rules are unhashable, so the cache is keyed by id() and keeps the rule.
-                    cached = self._rule_cache.get(id(rule))
-                    if cached is None or cached[0] is not rule:
-                        cached = self._cache_rule(rule)
-                    _, route_limits, exempt = cached
+                    if self._route_limits or self._exempt_views:
+                        rule = req.url_rule
+                        # Rules are unhashable, so the cache is keyed by id() and keeps the rule.
+                        cached = self._rule_cache.get(id(rule))
+                        if cached is None or cached[0] is not rule:
+                            cached = self._cache_rule(rule)
+                        _, route_limits, exempt = cached
+                    else:
+                        # No view has a limit or an exemption of its own: skip the rule lookup.
+                        route_limits = None
+                        exempt = False
                     if route_limits:
                         decision = self._check_route(req, environ, method, route_limits, exempt)
                     elif not exempt and self._check_default is not None:
@@ -372,5 +377,6 @@ def _start_response(
     # The check has run by now, because Flask starts the response last.
     decision = slot[0]
     if decision is not None:
-        headers = headers + rate_limit_headers(decision)
+        # Flask builds a new header list for every response, so extending it is safe.
+        headers.extend(rate_limit_headers(decision))
     return start_response(status, headers, exc_info)
