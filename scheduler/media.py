@@ -16,6 +16,7 @@ from typing import Any
 
 import av
 import av.error
+from av.video.reformatter import VideoReformatter
 
 logger = logging.getLogger(__name__)
 
@@ -178,11 +179,16 @@ def transcode(
             resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
 
         streams = [in_video] + ([in_audio] if in_audio is not None else [])
+        # One reformatter for the whole stream keeps one scaler context: frame.reformat()
+        # would build a new one for every frame.
+        scaler = VideoReformatter()
         done = 0
         for packet in src.demux(*streams):
             for frame in _decode(packet):
                 if isinstance(frame, av.VideoFrame):
-                    scaled = frame.reformat(width=width, height=out_height, format="yuv420p")
+                    scaled = scaler.reformat(
+                        frame, width=width, height=out_height, format="yuv420p"
+                    )
                     scaled.pts = frame.pts
                     scaled.time_base = frame.time_base
                     dst.mux(out_video.encode(scaled))
