@@ -46,9 +46,9 @@ KeyFunc = Callable[[], str] | KeySource
 
 _DECISION_KEY = "ratelimiter.decision"
 # A one-item list that the header wrapper puts into the environ and the check fills in.
-# Middleware between the wrapper and Flask (Flask-SocketIO's, for one) may hand Flask a shallow
-# copy of the environ; the copy still refers to the same list, so the decision reaches the
-# wrapper whatever the order in which the middleware was installed.
+# Middleware between the wrapper and Flask, such as Flask-SocketIO's, may hand Flask a shallow
+# copy of the environ. The copy refers to the same list, so the decision reaches the wrapper
+# whichever of the two was installed first.
 _DECISION_SLOT_KEY = "ratelimiter.decision_slot"
 
 
