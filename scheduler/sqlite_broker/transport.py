@@ -250,6 +250,9 @@ class Channel(virtual.Channel):
         else:
             self._no_ack_queues.discard(queue)
         self.connection.consumed_queues.add(queue)
+        # The keeper marks consumed queues as used, so a queue declared with x-expires, such as
+        # a worker's remote-control queue, is not deleted as idle while nothing arrives on it.
+        self.connection.start_keeper()
         return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
 
     def basic_cancel(self, consumer_tag: str) -> Any:

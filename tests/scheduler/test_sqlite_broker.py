@@ -831,6 +831,24 @@ def test_keeper_deletes_idle_expiring_queue(db_path: Path, url: str) -> None:
     assert row_count(db_path, "queues") == 0
 
 
+def test_consumed_expiring_queue_kept(db_path: Path, url: str) -> None:
+    # A consumer that has received nothing yet still marks its queue as used, as a worker's
+    # remote-control queue needs from the moment the worker starts.
+    with connect(url, visibility_timeout=0.3) as conn:
+        queue = Queue("control", arguments={"x-expires": 10})
+        store = Store(db_path)
+        with Consumer(conn, [queue], callbacks=[lambda body, message: None]):
+            # Pretends the queue was declared two minutes ago, past the 60-second floor.
+            store.run(lambda c: c.execute("UPDATE queues SET last_used = last_used - 120"))
+            with pytest.raises(TimeoutError):
+                conn.drain_events(timeout=0.5)
+        idle_seconds = store.run(
+            lambda c: c.execute("SELECT ? - last_used FROM queues", (time.time(),)).fetchone()[0]
+        )
+        store.close()
+    assert idle_seconds < 5
+
+
 def test_pid_reconnect_after_fork(db_path: Path) -> None:
     store = Store(db_path)
     store.initialize()
