@@ -14,13 +14,20 @@ written in several ``send`` calls is not held back by Nagle's algorithm.
 
 With more than one process, rate-limit buckets must live in Redis
 (``RATELIMIT_STORAGE_URL``), which :mod:`scheduler.config` enforces at start-up.
+
+A request that gunicorn rejects before Flask sees it (a request line over 4,094 bytes, too many
+or too large headers, a malformed request) gets a JSON ``{"error": ...}`` body like every other
+error, instead of gunicorn's HTML page.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import socket
 from collections.abc import Callable
 
+import gunicorn.util
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
@@ -67,7 +74,28 @@ class ProducerServer(BaseApplication):
             self.cfg.set(name, value)
 
     def load(self) -> Flask:
+        # NOTE: gunicorn 27 writes its parser's error pages through this module-level function,
+        # which no setting replaces; tests/scheduler/test_server.py fails if that changes.
+        gunicorn.util.write_error = write_json_error
         return self.app_factory()
+
+
+def write_json_error(sock: socket.socket, status_int: int, reason: str, message: str) -> None:
+    """Write gunicorn's error response to a request it rejected, with a JSON body.
+
+    :param message: gunicorn's description of what was wrong, such as the length limit that the
+        request line exceeded; empty for an internal error.
+    """
+    error = f"{reason}: {message}" if message else reason
+    body = json.dumps({"error": error}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\n"
+        "Connection: close\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "\r\n"
+    )
+    gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
 def _bind_host(host: str) -> str:

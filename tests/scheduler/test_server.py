@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -41,6 +43,32 @@ def redis_env(redis_url: str, rabbit_env: dict[str, str], unique_prefix: str) ->
         "RATELIMIT_STORAGE_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/0",
         "SCHEDULER_RATE_LIMIT_KEY_PREFIX": f"{unique_prefix}:ratelimit",
     }
+
+
+@pytest.mark.parametrize(
+    ("request_head", "status"),
+    [
+        (b"GET /tasks/" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\n" + b"X-Filler: y\r\n" * 200 + b"\r\n", 431),
+        (b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ],
+    ids=["long-request-line", "too-many-headers", "malformed-request-line"],
+)
+def test_server_rejection_json(
+    rabbit_env: dict[str, str], start_producer, request_head: bytes, status: int
+) -> None:
+    # gunicorn rejects these before Flask sees them; the body must still be JSON.
+    producer = start_producer(rabbit_env)
+    host, port = producer.base_url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as client:
+        client.sendall(request_head)
+        response = b""
+        while chunk := client.recv(65536):
+            response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] == str(status).encode(), response
+    assert b"Content-Type: application/json" in head
+    assert "error" in json.loads(body)
 
 
 @pytest.mark.parametrize("processes", [1, 2])
