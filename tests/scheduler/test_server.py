@@ -57,7 +57,7 @@ def redis_env(redis_url: str, rabbit_env: dict[str, str], unique_prefix: str) ->
 def test_server_rejection_json(
     rabbit_env: dict[str, str], start_producer, request_head: bytes, status: int
 ) -> None:
-    # gunicorn rejects these before Flask sees them; the body must still be JSON.
+    # gunicorn rejects these before Flask receives them; the body must still be JSON.
     producer = start_producer(rabbit_env)
     host, port = producer.base_url.removeprefix("http://").rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as client:
