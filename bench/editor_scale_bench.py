@@ -150,7 +150,7 @@ def peer_worker(urls: list[str], session: str, expected: int, ready: Any, result
     arrivals: list[list[int]] = [[] for _ in urls]
     clients = []
     for index, url in enumerate(urls):
-        client = socketio.Client(reconnection=False)
+        client = socketio.Client(reconnection=False, serializer="msgpack")
         handle_messages_in_order(client)
 
         def on_sync(data: bytes, times: list[int] = arrivals[index]) -> None:
@@ -237,7 +237,7 @@ def run_deployment(deployment: str, round_index: int, args: argparse.Namespace) 
         connected = sum(ready.get(timeout=60) for _ in workers)
         assert connected == args.peers
 
-        typist = socketio.Client(reconnection=False)
+        typist = socketio.Client(reconnection=False, serializer="msgpack")
         handle_messages_in_order(typist)
         typist.connect(
             urls[0],

@@ -1,13 +1,13 @@
 """Relay of one binary Socket.IO event to a room, written straight to each peer's socket.
 
 python-socketio 5.18 encodes a room broadcast once, then for every peer queues its Engine.IO
-packets (a placeholder and an attachment for a binary event) on the peer's Engine.IO socket,
-whose own writer greenlet wakes up, drains the queue and writes. With 100 peers that queueing
-and waking cost more server CPU than the writes. ``DirectFanout`` instead encodes the event's
-WebSocket frames once and writes them to each peer in the relaying greenlet.
+packet on the peer's Engine.IO socket, whose own writer greenlet wakes up, drains the queue and
+writes. With 100 peers that queueing and waking cost more server CPU than the writes.
+``DirectFanout`` instead encodes the event's WebSocket frame once and writes it to each peer in
+the relaying greenlet.
 
 A peer gets the direct write only when that keeps its messages in order: its connection
-started on the WebSocket transport (so its socket is a ``CoalescingWebSocket``), its Engine.IO
+started on the WebSocket transport (so its socket is a ``DirectWebSocket``), its Engine.IO
 queue is empty and no earlier write is in progress. Otherwise, and in every async mode other
 than gevent, the caller emits to that peer the usual way.
 
@@ -37,21 +37,21 @@ class DirectWriter(Protocol):
         ...
 
 
-def encode_event_frames(event: str, data: bytes) -> bytes:
-    """Return the WebSocket frames of the Socket.IO event ``event`` with binary ``data``.
+def encode_event_frame(
+    packet_class: type[socketio.packet.Packet], event: str, data: bytes
+) -> bytes:
+    """Return the WebSocket frame of the Socket.IO event ``event`` with binary ``data``.
 
     These are the bytes python-socketio and gevent-websocket would write for
-    ``emit(event, data)`` on the default namespace: an Engine.IO MESSAGE text frame with the
-    placeholder packet, then a binary frame with the attachment.
+    ``emit(event, data)`` on the default namespace with the MessagePack serializer
+    ``packet_class``: one Engine.IO MESSAGE packet, so one binary frame.
     """
+    # Imported here: that module imports gevent, which only the gevent async mode may load.
     from codecollab.gevent_websocket import encode_frame
 
-    packet = socketio.packet.Packet(socketio.packet.EVENT, data=[event, data], namespace=NAMESPACE)
-    frames = []
-    for part in packet.encode():
-        message = engineio.packet.Packet(engineio.packet.MESSAGE, data=part).encode()
-        frames.append(encode_frame(message, binary=isinstance(message, bytes)))
-    return b"".join(frames)
+    packet = packet_class(socketio.packet.EVENT, data=[event, data], namespace=NAMESPACE)
+    message = engineio.packet.Packet(engineio.packet.MESSAGE, data=packet.encode()).encode()
+    return encode_frame(message, binary=True)
 
 
 class DirectFanout:
@@ -79,7 +79,7 @@ class DirectFanout:
         :return: the members that were not written to, for the caller to emit to the usual way.
         """
         sockets = self._server.eio.sockets
-        frames: bytes | None = None
+        frame: bytes | None = None
         queued: list[str] = []
         for sid, eio_sid in self._server.manager.get_participants(NAMESPACE, room):
             if sid == skip_sid:
@@ -89,9 +89,9 @@ class DirectFanout:
             if writer is None or eio_socket is None or not _idle(eio_socket):
                 queued.append(sid)
                 continue
-            if frames is None:
-                frames = encode_event_frames(event, data)
-            if not writer.try_write(frames):
+            if frame is None:
+                frame = encode_event_frame(self._server.packet_class, event, data)
+            if not writer.try_write(frame):
                 queued.append(sid)
         return queued
 

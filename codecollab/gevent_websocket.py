@@ -1,16 +1,11 @@
-"""WebSocket handling of the gevent server: TCP_NODELAY and one write per Socket.IO event.
+"""WebSocket handling of the gevent server: TCP_NODELAY and writes without gevent's timers.
 
-Socket.IO sends an event with binary data as several Engine.IO packets, so several WebSocket
-frames: a text placeholder such as ``451-["sync",{"_placeholder":true,"num":0}]`` and then one
-binary frame per attachment. gevent-websocket 0.10.1 writes each frame with its own
-``sendall()``, and gevent's ``sendall()`` also makes a ``getsockopt()`` call and starts a timer
-per call. A relayed edit thus cost two writes and two timers per peer, the largest share of the
-server's CPU when it fans an edit out to a room.
-
-``CoalescingWebSocket`` keeps a binary event's placeholder back until its attachments have been
-queued, then writes all of its frames with one ``send()`` call. Other frames go out at once, as
-before. ``try_write`` lets ``codecollab.fanout`` write a relayed event without the Engine.IO
-queue. The server imports this module only in the gevent async mode.
+gevent-websocket 0.10.1 writes each frame with ``sendall()``, and gevent's ``sendall()`` also
+makes a ``getsockopt()`` call and starts a timer per call. A relayed edit cost that for every
+peer, a large share of the server's CPU when it fans an edit out to a room.
+``DirectWebSocket`` writes each frame with ``send()`` calls instead, and ``try_write`` lets
+``codecollab.fanout`` write a relayed event without the Engine.IO queue. The server imports
+this module only in the gevent async mode.
 """
 
 from __future__ import annotations
@@ -32,9 +27,6 @@ FIN = 0x80
 OPCODE_TEXT = 0x1
 OPCODE_BINARY = 0x2
 
-# Engine.IO MESSAGE packet ("4") carrying a Socket.IO BINARY_EVENT ("5") or BINARY_ACK ("6").
-BINARY_PACKET_PREFIXES = ("45", "46")
-
 
 def encode_frame(message: str | bytes, binary: bool) -> bytes:
     """Return one unmasked, final WebSocket frame (server to client) carrying ``message``."""
@@ -54,23 +46,8 @@ def encode_frame(message: str | bytes, binary: bool) -> bytes:
     return header + payload
 
 
-def attachment_count(message: str) -> int:
-    """Return how many binary frames follow ``message``, a text frame of Engine.IO.
-
-    A Socket.IO binary packet is encoded as its type digit, the number of attachments and a
-    hyphen, then the JSON with placeholders (Socket.IO protocol 5). Other messages return 0.
-    """
-    if not message.startswith(BINARY_PACKET_PREFIXES):
-        return 0
-    hyphen = message.find("-", 2)
-    digits = message[2:hyphen]
-    if hyphen < 0 or not digits.isdigit():
-        return 0
-    return int(digits)
-
-
-class CoalescingWebSocket:
-    """A gevent-websocket connection that writes a binary event's frames with one call.
+class DirectWebSocket:
+    """A gevent-websocket connection that writes with ``send()`` and can skip the Engine.IO queue.
 
     It wraps the handler's ``WebSocket``: sending goes through ``send`` below, and everything
     else (receiving, closing, attributes) goes to the wrapped connection.
@@ -80,9 +57,6 @@ class CoalescingWebSocket:
 
     def __init__(self, websocket: WebSocket) -> None:
         self._websocket = websocket
-        # Frames of a binary event whose attachments have not all been sent yet.
-        self._held: list[bytes] | None = None
-        self._attachments_due = 0
         # Held while a write waits for the socket, so that writes never interleave.
         self._write_lock = Semaphore()
 
@@ -90,29 +64,15 @@ class CoalescingWebSocket:
         return getattr(self._websocket, name)
 
     def send(self, message: Any, binary: bool | None = None) -> None:
-        """Send ``message`` as one frame, or hold it until its binary event is complete."""
+        """Send ``message`` as one frame."""
         websocket = self._websocket
         if websocket.closed:
             websocket.current_app.on_close(MSG_ALREADY_CLOSED)
             raise WebSocketError(MSG_ALREADY_CLOSED)
         if binary is None:
             binary = not isinstance(message, str)
-        frame = encode_frame(message, binary)
-
-        if self._held is not None:
-            self._held.append(frame)
-            self._attachments_due -= 1
-            if self._attachments_due > 0:
-                return
-            frame = b"".join(self._held)
-            self._held = None
-        elif not binary:
-            due = attachment_count(message)
-            if due > 0:
-                self._held = [frame]
-                self._attachments_due = due
-                return
-        self._write(frame)
+        with self._write_lock:
+            self._send_all(memoryview(encode_frame(message, binary)))
 
     def try_write(self, frames: bytes) -> bool:
         """Write ``frames``, whole encoded messages, without waiting, unless writes are pending.
@@ -120,11 +80,11 @@ class CoalescingWebSocket:
         Used to relay one message to many connections from one greenlet. Whatever the socket
         does not take at once is written by a new greenlet, and later writes wait for it.
 
-        :return: ``False``, with nothing written, when the connection is closed, a binary event
-            is held or another write waits for the socket: the caller must then send the
-            message the usual way, after the pending ones.
+        :return: ``False``, with nothing written, when the connection is closed or another
+            write waits for the socket: the caller must then send the message the usual way,
+            after the pending ones.
         """
-        if self._websocket.closed or self._held is not None or self._write_lock.locked():
+        if self._websocket.closed or self._write_lock.locked():
             return False
         sock = self._websocket.handler.socket
         try:
@@ -146,10 +106,6 @@ class CoalescingWebSocket:
         finally:
             self._write_lock.release()
 
-    def _write(self, data: bytes) -> None:
-        with self._write_lock:
-            self._send_all(memoryview(data))
-
     def _send_all(self, view: memoryview) -> None:
         # gevent's socket.send() waits for writability with the socket's timeout, like
         # sendall(), without the sendall()'s getsockopt() call and timer per call.
@@ -164,7 +120,7 @@ class CoalescingWebSocket:
 
 
 class NoDelayHandler(WebSocketHandler):
-    """gevent-websocket's handler with TCP_NODELAY, handing ``CoalescingWebSocket`` to the app.
+    """gevent-websocket's handler with TCP_NODELAY, handing ``DirectWebSocket`` to the app.
 
     Without TCP_NODELAY, Nagle's algorithm holds back a small write until the client's delayed
     ACK arrives, adding up to 40 ms to a relayed edit.
@@ -175,9 +131,9 @@ class NoDelayHandler(WebSocketHandler):
         super().__init__(sock, address, server, rfile)
 
     def upgrade_connection(self) -> Any:
-        """Upgrade like gevent-websocket, then give the application the coalescing wrapper."""
+        """Upgrade like gevent-websocket, then give the application the direct-write wrapper."""
         response = super().upgrade_connection()
         websocket = self.environ.get("wsgi.websocket")
         if response is None and isinstance(websocket, WebSocket):
-            self.environ["wsgi.websocket"] = CoalescingWebSocket(websocket)
+            self.environ["wsgi.websocket"] = DirectWebSocket(websocket)
         return response

@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntit
 from codecollab.cluster import ClusterNode
 from codecollab.config import Settings, load_settings
 from codecollab.documents import RoomManager, RoomSettings
-from codecollab.engineio_setup import configure_engineio, serialize_sends
+from codecollab.engineio_setup import configure_engineio
 from codecollab.log_setup import WSGI_LOGGER, configure_logging
 from codecollab.scale_out import (
     ClusterUnavailable,
@@ -166,17 +166,19 @@ def create_server(settings: Settings) -> EditorServer:
         max_http_buffer_size=settings.max_message_bytes,
         ping_interval=settings.ping_interval,
         ping_timeout=settings.ping_timeout,
-        # One connection's messages run one at a time, in arrival order. Concurrent handlers can
-        # pair a binary event's placeholder with another event's attachment.
+        # One connection's messages run one at a time, in arrival order, and a rate-limited
+        # connection stops being read (EditorTransport._admit).
         async_handlers=False,
+        # One binary WebSocket frame per event, with binary data inside it. The default JSON
+        # encoding sends an event with binary data as a text placeholder plus a binary frame,
+        # which every peer of a relayed edit must reassemble (docs/protocol.md).
+        serializer="msgpack",
         logger=False,
         engineio_logger=False,
         **socketio_cluster_options(settings),
     )
     # Without this, long-polling clients lose relayed edits and their own large batches.
     configure_engineio(socketio.server.eio)
-    if settings.async_mode == "threading":
-        serialize_sends(socketio.server)
 
     store = open_store(settings)
     rooms = RoomManager(

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgpack
 from flask import request
 from flask_socketio import ConnectionRefusedError, SocketIO, disconnect, emit, join_room
 from redis import RedisError
@@ -427,8 +428,13 @@ class EditorTransport:
 
     def _decode(self, data: Any, decoder: Any) -> Any:
         if not isinstance(data, bytes):
+            hint = ""
+            if isinstance(data, msgpack.ExtType):
+                # socket.io-msgpack-parser sends a Node.js Uint8Array that is not a Buffer
+                # as an extension type, with the whole underlying ArrayBuffer in it.
+                hint = "; send a Buffer or an ArrayBuffer, which MessagePack encodes as bin"
             raise InvalidMessage(
-                f"Expected a binary y-protocols message, got {type(data).__name__}"
+                f"Expected a binary y-protocols message, got {type(data).__name__}{hint}"
             )
         try:
             return decoder(data)

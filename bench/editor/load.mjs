@@ -30,6 +30,7 @@ import { createInterface } from 'node:readline'
 import * as decoding from 'lib0/decoding'
 import * as encoding from 'lib0/encoding'
 import { io } from 'socket.io-client'
+import msgpackParser from 'socket.io-msgpack-parser'
 import WebSocket from 'ws'
 import * as syncProtocol from 'y-protocols/sync'
 import * as Y from 'yjs'
@@ -111,26 +112,35 @@ class Client {
   }
 }
 
+/**
+ * Returns a Buffer view of `bytes`. socket.io-msgpack-parser sends a Buffer as MessagePack `bin`,
+ * but any other Uint8Array in Node.js as an extension type holding its whole ArrayBuffer.
+ */
+function asBuffer (bytes) {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+}
+
 /** A CodeCollab client: the sync message is the whole `sync` event payload. */
 class CodeCollabClient extends Client {
   connect (url, session, index) {
     this.socket = io(url, {
       transports: ['websocket'],
+      parser: msgpackParser,
       reconnection: false,
       forceNew: true,
       auth: { session, clientId: `bench-${process.pid}-${index}`, name: `bench ${index}` }
     })
     this.socket.on('sync', (data) => {
-      this.receive(new Uint8Array(data), monotonicMs(), (reply) => this.socket.emit('sync', reply))
+      this.receive(new Uint8Array(data), monotonicMs(), (reply) => this.socket.emit('sync', asBuffer(reply)))
     })
-    this.socket.on('connect', () => this.socket.emit('sync', this.step1()))
+    this.socket.on('connect', () => this.socket.emit('sync', asBuffer(this.step1())))
     this.socket.on('connect_error', (error) => fail(`connect_error: ${error.message}`))
     this.socket.on('disconnect', (reason) => { if (!this.closing) this.lostReason = reason })
     return this.synced
   }
 
   sendUpdate (update) {
-    this.socket.emit('sync', this.updateMessage(update))
+    this.socket.emit('sync', asBuffer(this.updateMessage(update)))
   }
 
   close () {

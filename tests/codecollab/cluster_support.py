@@ -162,7 +162,7 @@ class ClusterClient:
         self._pending_token: str | None = None
 
     def _new_socket(self) -> socketio.Client:
-        sio = socketio.Client(reconnection=False)
+        sio = socketio.Client(reconnection=False, serializer="msgpack")
         _dispatch_in_order(sio)
         sio.on("sync", self._on_sync)
         sio.on("presence", self._on_presence)

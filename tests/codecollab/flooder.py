@@ -7,25 +7,24 @@ fast as the connection takes them until the server closes it or SECONDS pass, th
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
 import websocket
 
-from tests.codecollab.rawsocket import RawSocketIOClient
+from tests.codecollab.rawsocket import EVENT, RawSocketIOClient, encode_packet
 
 
 def main() -> None:
     port, session, seconds = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
     client = RawSocketIOClient(port, {"session": session, "clientId": "flooder", "name": "F"})
-    event = "42" + json.dumps(["awareness", "not binary"])
+    event = encode_packet(EVENT, ["awareness", "not binary"])
     sent = 0
     deadline = time.monotonic() + seconds
     state = "open"
     while time.monotonic() < deadline:
         try:
-            client.ws.send(event)
+            client.ws.send_binary(event)
         except (websocket.WebSocketException, OSError):
             state = "closed"
             break

@@ -13,6 +13,7 @@
 // other client, in the order the server relayed them.
 
 const { io } = require('socket.io-client')
+const msgpackParser = require('socket.io-msgpack-parser')
 const Y = require('yjs')
 const syncProtocol = require('y-protocols/sync')
 const awarenessProtocol = require('y-protocols/awareness')
@@ -22,6 +23,12 @@ const decoding = require('lib0/decoding')
 const options = JSON.parse(process.argv[2])
 const SYNC_TIMEOUT_MS = 20_000
 const CONVERGE_TIMEOUT_MS = 30_000
+
+// socket.io-msgpack-parser sends a Buffer as MessagePack `bin`, but any other Uint8Array in
+// Node.js as an extension type holding its whole ArrayBuffer, which the server rejects.
+function asBuffer (bytes) {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+}
 
 class Editor {
   constructor (index, transport) {
@@ -43,11 +50,12 @@ class Editor {
   connect () {
     this.socket = io(options.url, {
       transports: [this.transport],
+      parser: msgpackParser,
       reconnection: false,
       forceNew: true,
       auth: { session: options.session, clientId: `mixed-${this.index}`, name: `mixed ${this.index}` }
     })
-    this.socket.on('connect', () => this.socket.emit('sync', this.step1()))
+    this.socket.on('connect', () => this.socket.emit('sync', asBuffer(this.step1())))
     this.socket.on('sync', (data) => this.receiveSync(new Uint8Array(data)))
     this.socket.on('awareness', (data) => this.receiveAwareness(new Uint8Array(data)))
     this.socket.on('error', (payload) => this.errors.push(payload))
@@ -56,7 +64,7 @@ class Editor {
       if (!this.closing) this.errors.push(`disconnect: ${reason}`)
     })
     this.doc.on('update', (update, origin) => {
-      if (origin !== this) this.socket.emit('sync', this.updateMessage(update))
+      if (origin !== this) this.socket.emit('sync', asBuffer(this.updateMessage(update)))
     })
     return this.synced
   }
@@ -88,7 +96,7 @@ class Editor {
     }
     const encoder = encoding.createEncoder()
     const handled = syncProtocol.readSyncMessage(decoder, encoder, this.doc, this)
-    if (encoding.length(encoder) > 0) this.socket.emit('sync', encoding.toUint8Array(encoder))
+    if (encoding.length(encoder) > 0) this.socket.emit('sync', asBuffer(encoding.toUint8Array(encoder)))
     if (handled === syncProtocol.messageYjsSyncStep2) this.resolveSynced()
   }
 
@@ -133,7 +141,7 @@ class Editor {
     this.text.insert(position, token)
     this.awareness.setLocalStateField('user', { name: `mixed ${this.index}`, edits: number + 1 })
     const update = awarenessProtocol.encodeAwarenessUpdate(this.awareness, [this.doc.clientID])
-    this.socket.emit('awareness', update)
+    this.socket.emit('awareness', asBuffer(update))
     this.sentAwarenessClock = this.awareness.meta.get(this.doc.clientID).clock
   }
 

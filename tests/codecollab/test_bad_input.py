@@ -185,7 +185,7 @@ def test_session_id_in_page_is_escaped(shared_editor: ServerProcess) -> None:
     ],
 )
 def test_invalid_handshake_rejected(shared_editor: ServerProcess, auth: object, code: str) -> None:
-    sio = socketio.Client(reconnection=False)
+    sio = socketio.Client(reconnection=False, serializer="msgpack")
     errors = []
     sio.on("connect_error", errors.append)
     with pytest.raises(socketio.exceptions.ConnectionError):
@@ -283,7 +283,7 @@ def test_connection_attempts_rate_limited(start_editor: ServerFactory) -> None:
     for _ in range(3):
         YClient(server.url, session).connect().disconnect()
     errors = []
-    sio = socketio.Client(reconnection=False)
+    sio = socketio.Client(reconnection=False, serializer="msgpack")
     sio.on("connect_error", errors.append)
     with pytest.raises(socketio.exceptions.ConnectionError):
         sio.connect(

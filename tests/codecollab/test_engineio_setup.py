@@ -11,20 +11,15 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 import time
 import urllib.request
 from typing import Any
 
 import engineio.packet
+import msgpack
 import pytest
-import socketio
 
-from codecollab.engineio_setup import (
-    MAX_PACKETS_PER_REQUEST,
-    serialize_sends,
-    unshare_binary_packets,
-)
+from codecollab.engineio_setup import MAX_PACKETS_PER_REQUEST, unshare_binary_packets
 from codecollab.yprotocol import SyncMessageType, decode_sync_message, encode_sync_message
 from tests.codecollab.conftest import REPO_ROOT, ServerFactory, ServerProcess
 from tests.codecollab.yclient import unique_session
@@ -71,49 +66,6 @@ def test_unshare_text_packet_stays_shared(recording_eio: RecordingEngineIO) -> N
     assert [pkt for _, pkt in recording_eio.sent] == [shared, shared]
 
 
-class SlowQueueEngineIO:
-    """An Engine.IO server stand-in that records packet data and yields the thread after each."""
-
-    def __init__(self) -> None:
-        self.sent: list[Any] = []
-
-    def send_packet(self, sid: str, pkt: engineio.packet.Packet) -> None:
-        self.sent.append(pkt.data)
-        time.sleep(0.001)
-
-
-def emit_binary_concurrently(serialized: bool) -> list[Any]:
-    """Emit binary events to one peer from two threads and return the packet data it got."""
-    server = socketio.Server(async_mode="threading")
-    sid = server.manager.connect("peer", "/")
-    server.eio = SlowQueueEngineIO()  # type: ignore[assignment]
-    if serialized:
-        serialize_sends(server)
-
-    def emit_many(mark: int) -> None:
-        for _ in range(20):
-            server.emit("update", bytes([mark]), to=sid)
-
-    threads = [threading.Thread(target=emit_many, args=(mark,)) for mark in (1, 2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return server.eio.sent
-
-
-def placeholder_followers(sent: list[Any]) -> list[Any]:
-    """Return what follows each placeholder packet: an attachment when events stay contiguous."""
-    return [sent[i + 1] for i, data in enumerate(sent) if isinstance(data, str)]
-
-
-@pytest.mark.parametrize(("serialized", "interleaved"), [(False, True), (True, False)])
-def test_serialize_sends_binary_event_contiguous(serialized: bool, interleaved: bool) -> None:
-    followers = placeholder_followers(emit_binary_concurrently(serialized))
-
-    assert any(isinstance(data, str) for data in followers) is interleaved
-
-
 class RawPollingClient:
     """A Socket.IO client on Engine.IO long-polling, driven with plain HTTP requests."""
 
@@ -123,7 +75,7 @@ class RawPollingClient:
         self.sid = json.loads(opening[1:])["sid"]
         self.base += f"&sid={self.sid}"
         auth = {"session": unique_session(), "clientId": "raw-polling", "name": "raw"}
-        self.post(["40" + json.dumps(auth)])
+        self.post([binary_packet({"type": 0, "nsp": "/", "data": auth})])
 
     def _request(self, method: str, url: str, body: str | None = None) -> str:
         data = body.encode() if body is not None else None
@@ -140,10 +92,20 @@ class RawPollingClient:
         return self._request("GET", self.base).split("\x1e")
 
 
-def binary_event(event: str, data: bytes) -> list[str]:
-    """Return the Engine.IO packets of a Socket.IO event with one binary argument."""
-    placeholder = "451-" + json.dumps([event, {"_placeholder": True, "num": 0}])
-    return [placeholder, "b" + base64.b64encode(data).decode()]
+def binary_packet(packet: dict[str, Any]) -> str:
+    """Return the polling form of a MessagePack Socket.IO packet: ``b`` and base64."""
+    return "b" + base64.b64encode(msgpack.packb(packet)).decode()
+
+
+def binary_event(event: str, data: bytes) -> str:
+    """Return the Engine.IO packet of a Socket.IO event with one binary argument."""
+    return binary_packet({"type": 2, "nsp": "/", "data": [event, data]})
+
+
+def sync_payloads(packets: list[str]) -> list[bytes]:
+    """Return the payloads of the ``sync`` events among polling ``packets``."""
+    events = [msgpack.unpackb(base64.b64decode(pkt[1:])) for pkt in packets if pkt[:1] == "b"]
+    return [e["data"][1] for e in events if e["type"] == 2 and e["data"][0] == "sync"]
 
 
 def test_polling_batch_above_sixteen_packets(start_editor: ServerFactory) -> None:
@@ -151,17 +113,16 @@ def test_polling_batch_above_sixteen_packets(start_editor: ServerFactory) -> Non
     step1 = encode_sync_message(SyncMessageType.STEP1, b"\x00")
     events = 20
 
-    answer = client.post([pkt for _ in range(events) for pkt in binary_event("sync", step1)])
+    answer = client.post([binary_event("sync", step1) for _ in range(events)])
     replies = []
     deadline = time.monotonic() + 10
     while len(replies) < events and time.monotonic() < deadline:
-        packets = client.poll()
-        attachments = [base64.b64decode(pkt[1:]) for pkt in packets if pkt.startswith("b")]
-        replies += [a for a in attachments if decode_sync_message(a).type is SyncMessageType.STEP2]
+        payloads = sync_payloads(client.poll())
+        replies += [p for p in payloads if decode_sync_message(p).type is SyncMessageType.STEP2]
 
     assert answer == "OK"
     assert len(replies) == events
-    assert 2 * events <= MAX_PACKETS_PER_REQUEST
+    assert 16 < events <= MAX_PACKETS_PER_REQUEST
 
 
 def run_mixed_clients(url: str, polling: int, websocket: int, edits: int) -> list[dict[str, Any]]:

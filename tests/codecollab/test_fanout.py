@@ -3,7 +3,6 @@ on a real server to a peer that stops reading."""
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 
@@ -11,14 +10,15 @@ import engineio
 import engineio.packet
 import engineio.socket
 import socketio
+import socketio.msgpack_packet
 import socketio.packet
 from geventwebsocket.websocket import Header, WebSocket
 
-from codecollab.fanout import DirectFanout, encode_event_frames
+from codecollab.fanout import DirectFanout, encode_event_frame
 from codecollab.yprotocol import decode_sync_message
 
 from .conftest import ServerFactory
-from .rawsocket import RawSocketIOClient
+from .rawsocket import EVENT, RawSocketIOClient, decode_packet
 from .yclient import YClient, unique_session, wait_until
 
 
@@ -43,18 +43,23 @@ def test_fanout_pinned_socketio_participants() -> None:
     assert list(server.manager.get_participants("/", "session:a")) == [(sid, "eio-1")]
 
 
-def test_fanout_frames_match_socketio_encoding() -> None:
+def test_fanout_frame_matches_socketio_encoding() -> None:
     data = b"\x02\x05hello"
-    packet = socketio.packet.Packet(socketio.packet.EVENT, data=["sync", data], namespace="/")
-    placeholder, attachment = packet.encode()
-    text = ("4" + placeholder).encode()
-    expected = (
-        bytes(Header.encode_header(True, WebSocket.OPCODE_TEXT, b"", len(text), 0))
-        + text
-        + bytes(Header.encode_header(True, WebSocket.OPCODE_BINARY, b"", len(attachment), 0))
-        + attachment
-    )
-    assert encode_event_frames("sync", data) == expected
+    packet_class = socketio.msgpack_packet.MsgPackPacket
+    packet = packet_class(socketio.packet.EVENT, data=["sync", data], namespace="/")
+    encoded = packet.encode()
+    expected = bytes(Header.encode_header(True, WebSocket.OPCODE_BINARY, b"", len(encoded), 0))
+    assert encode_event_frame(packet_class, "sync", data) == expected + encoded
+
+
+def test_fanout_frame_decodes_as_one_event() -> None:
+    frame = encode_event_frame(socketio.msgpack_packet.MsgPackPacket, "sync", b"\x02\x00")
+    header_length = 2
+    assert decode_packet(frame[header_length:]) == {
+        "type": EVENT,
+        "nsp": "/",
+        "data": ["sync", b"\x02\x00"],
+    }
 
 
 def test_fanout_without_writers_queues_everyone() -> None:
@@ -72,23 +77,21 @@ def test_fanout_without_writers_queues_everyone() -> None:
 def receive_large_updates(client: RawSocketIOClient, count: int, timeout: float) -> list[bytes]:
     """Read relayed ``sync`` events until ``count`` updates over 8,000 bytes have arrived.
 
-    Every binary frame must follow its own placeholder, so interleaved frames fail the test.
+    Every binary frame must hold one whole event, so interleaved writes fail the test.
     """
     updates: list[bytes] = []
     deadline = time.monotonic() + timeout
     client.ws.settimeout(timeout)
-    expecting_attachment = False
     while len(updates) < count and time.monotonic() < deadline:
         frame = client.ws.recv()
         if isinstance(frame, bytes):
-            assert expecting_attachment, "an attachment arrived without its placeholder"
-            expecting_attachment = False
-            payload = decode_sync_message(frame).payload
-            if len(payload) > 8000:
-                updates.append(payload)
-        elif frame.startswith("451-"):
-            assert not expecting_attachment, "a placeholder arrived before the last attachment"
-            expecting_attachment = json.loads(frame[4:])[0] == "sync"
+            packet = decode_packet(frame)
+            assert packet["type"] == EVENT, f"unexpected packet {packet!r}"
+            event, payload = packet["data"][0], packet["data"][1]
+            if event == "sync":
+                update = decode_sync_message(payload).payload
+                if len(update) > 8000:
+                    updates.append(update)
         elif frame == "2":
             client.ws.send("3")
     return updates

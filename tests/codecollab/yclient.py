@@ -78,7 +78,9 @@ class YClient:
         # websocket-client sends its own Origin unless suppressed, and a second Origin header
         # would be merged with the one a test sets.
         extra = {"suppress_origin": True} if "Origin" in self.headers else {}
-        sio = socketio.Client(reconnection=False, websocket_extra_options=extra)
+        sio = socketio.Client(
+            reconnection=False, serializer="msgpack", websocket_extra_options=extra
+        )
         _dispatch_in_order(sio)
         sio.on("sync", self._on_sync)
         sio.on("presence", self._on_presence)

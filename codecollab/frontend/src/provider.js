@@ -1,7 +1,8 @@
 // Yjs provider that speaks the CodeCollab wire protocol over Socket.IO.
 //
 // Every `sync` and `awareness` payload is a y-protocols message in Yjs v1 encoding, sent as one
-// binary Socket.IO argument. The provider sends its sync step 1 on every (re)connect, replies to
+// binary Socket.IO argument. Packets are MessagePack (socket.io-msgpack-parser), so each event
+// is one binary WebSocket frame. The provider sends its sync step 1 on every (re)connect, replies to
 // the server's step 1 with a step 2, and counts as synced once the server's step 2 has arrived.
 // Each message that carries document content (step 2 or update) is sent with an ack callback,
 // and edits stay "unsent" until the server acknowledges them with `{ok: true}`.
@@ -10,6 +11,7 @@ import * as decoding from 'lib0/decoding'
 import * as encoding from 'lib0/encoding'
 import { ObservableV2 } from 'lib0/observable'
 import { io } from 'socket.io-client'
+import msgpackParser from 'socket.io-msgpack-parser'
 import * as awarenessProtocol from 'y-protocols/awareness'
 import * as syncProtocol from 'y-protocols/sync'
 
@@ -22,6 +24,16 @@ function toBytes(data) {
   if (data instanceof ArrayBuffer) return new Uint8Array(data)
   if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
   throw new TypeError(`expected binary data, got ${typeof data}`)
+}
+
+/**
+ * Returns the ArrayBuffer to send for `bytes`. The MessagePack encoder sends an ArrayBuffer as
+ * `bin`; a typed array it would send as a map of its indexes.
+ */
+function toWire(bytes) {
+  const { buffer, byteOffset, byteLength } = bytes
+  if (byteOffset === 0 && byteLength === buffer.byteLength) return buffer
+  return buffer.slice(byteOffset, byteOffset + byteLength)
 }
 
 /**
@@ -71,6 +83,7 @@ export class SocketIOProvider extends ObservableV2 {
       // socket.io-client 4.8 tries only the first transport unless this option is set, so
       // without it a page behind a proxy that blocks WebSocket never connects.
       tryAllTransports: true,
+      parser: msgpackParser,
     })
 
     this._onDocUpdate = (update, origin) => {
@@ -85,12 +98,12 @@ export class SocketIOProvider extends ObservableV2 {
       if (origin === this || !this.socket.connected) return
       const changed = added.concat(updated, removed).filter((id) => id === doc.clientID)
       if (changed.length === 0) return
-      this.socket.emit('awareness', awarenessProtocol.encodeAwarenessUpdate(awareness, changed))
+      this.socket.emit('awareness', toWire(awarenessProtocol.encodeAwarenessUpdate(awareness, changed)))
     }
     this._onPageHide = () => {
       awarenessProtocol.removeAwarenessStates(awareness, [doc.clientID], 'pagehide')
       if (this.socket.connected) {
-        this.socket.emit('awareness', awarenessProtocol.encodeAwarenessUpdate(awareness, [doc.clientID]))
+        this.socket.emit('awareness', toWire(awarenessProtocol.encodeAwarenessUpdate(awareness, [doc.clientID])))
       }
     }
 
@@ -144,11 +157,11 @@ export class SocketIOProvider extends ObservableV2 {
 
     const encoder = encoding.createEncoder()
     syncProtocol.writeSyncStep1(encoder, this.doc)
-    this.socket.emit('sync', encoding.toUint8Array(encoder))
+    this.socket.emit('sync', toWire(encoding.toUint8Array(encoder)))
 
     if (this.awareness.getLocalState() !== null) {
       const update = awarenessProtocol.encodeAwarenessUpdate(this.awareness, [this.doc.clientID])
-      this.socket.emit('awareness', update)
+      this.socket.emit('awareness', toWire(update))
     }
     this._emitStatus()
   }
@@ -237,7 +250,7 @@ export class SocketIOProvider extends ObservableV2 {
     this.pending.add(sequence)
     this._emitStatus()
 
-    this.socket.emit('sync', message, (reply) => {
+    this.socket.emit('sync', toWire(message), (reply) => {
       if (generation !== this._generation) return
       this.pending.delete(sequence)
       if (reply && reply.ok) {
