@@ -18,6 +18,7 @@ from codecollab.config import Settings, load_settings
 from codecollab.documents import RoomManager, RoomSettings
 from codecollab.engineio_setup import configure_engineio
 from codecollab.log_setup import WSGI_LOGGER, configure_logging
+from codecollab.packet_check import reject_undecodable_packets
 from codecollab.scale_out import (
     ClusterUnavailable,
     build_cluster,
@@ -179,6 +180,7 @@ def create_server(settings: Settings) -> EditorServer:
     )
     # Without this, long-polling clients lose relayed edits and their own large batches.
     configure_engineio(socketio.server.eio)
+    reject_undecodable_packets(socketio.server)
 
     store = open_store(settings)
     rooms = RoomManager(

@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 import socketio
+import websocket
 
 from codecollab.yprotocol import (
     AwarenessEntry,
@@ -329,3 +330,56 @@ def test_put_body_over_message_limit_rejected(shared_editor: ServerProcess) -> N
     )
     assert status == 413
     assert "exceeds 4,194,304 bytes" in json.loads(body)["error"]
+
+
+def open_engineio(port: int) -> websocket.WebSocket:
+    """Open an Engine.IO WebSocket connection and read its open packet."""
+    ws = websocket.create_connection(
+        f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket", timeout=10
+    )
+    opening = ws.recv()
+    assert opening.startswith("0"), opening
+    return ws
+
+
+def closed_within(ws: websocket.WebSocket, seconds: float) -> bool:
+    """Return whether the server closes ``ws`` within ``seconds``, answering its pings."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ws.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            frame = ws.recv()
+        except websocket.WebSocketTimeoutException:
+            return False
+        except (websocket.WebSocketConnectionClosedException, ConnectionError):
+            return True
+        if frame == "":
+            return True
+        if frame == "2":
+            ws.send("3")
+    return False
+
+
+def test_json_parser_client_gets_connect_error(shared_editor: ServerProcess) -> None:
+    ws = open_engineio(shared_editor.port)
+    auth = {"session": unique_session(), "clientId": "json-parser", "name": "J"}
+    ws.send("40" + json.dumps(auth))
+
+    answer = ws.recv()
+
+    assert answer.startswith("44")
+    assert "socket.io-msgpack-parser" in json.loads(answer[2:])["message"]
+    assert closed_within(ws, 5)
+    assert "uses the JSON parser" in shared_editor.log_text()
+
+
+def test_undecodable_binary_packet_closes_connection(shared_editor: ServerProcess) -> None:
+    ws = open_engineio(shared_editor.port)
+    log_before = len(shared_editor.log_text())
+
+    ws.send_binary(b"\xc1 not MessagePack")
+
+    assert closed_within(ws, 5)
+    log = shared_editor.log_text()[log_before:]
+    assert "is not a MessagePack Socket.IO packet" in log
+    assert "Traceback" not in log
