@@ -23,7 +23,9 @@ WRONG_PARSER_MESSAGE = (
     "socket.io-msgpack-parser (JavaScript) or serializer='msgpack' (python-socketio)"
 )
 # A Socket.IO CONNECT_ERROR packet (type 4) of the default namespace, JSON-encoded.
-WRONG_PARSER_PACKET = "4" + json.dumps({"message": WRONG_PARSER_MESSAGE})
+WRONG_PARSER_PACKET = "4" + json.dumps(
+    {"message": WRONG_PARSER_MESSAGE, "data": {"code": "wrong_parser"}}
+)
 # Seconds between the CONNECT_ERROR and closing the connection: long-polling clients fetch the
 # CONNECT_ERROR with their next request, which a closed session would fail.
 CLOSE_DELAY = 1.0
@@ -66,10 +68,9 @@ def reject_undecodable_packets(sio_server: Any) -> None:
                 raise
             logger.warning(
                 "closing Engine.IO session %s: its message of %d bytes is not a MessagePack "
-                "Socket.IO packet (%s: %s)",
+                "Socket.IO packet (%r)",
                 eio_sid,
                 len(data),
-                type(exc).__name__,
                 exc,
             )
             eio.disconnect(eio_sid)

@@ -368,7 +368,9 @@ def test_json_parser_client_gets_connect_error(shared_editor: ServerProcess) -> 
     answer = ws.recv()
 
     assert answer.startswith("44")
-    assert "socket.io-msgpack-parser" in json.loads(answer[2:])["message"]
+    error = json.loads(answer[2:])
+    assert "socket.io-msgpack-parser" in error["message"]
+    assert error["data"]["code"] == "wrong_parser"
     assert closed_within(ws, 5)
     assert "uses the JSON parser" in shared_editor.log_text()
 
