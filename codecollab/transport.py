@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 from flask import request
-from flask_socketio import ConnectionRefusedError, SocketIO, disconnect, emit, join_room
+from flask_socketio import ConnectionRefusedError, SocketIO, emit, join_room
 from redis import RedisError
 
 from codecollab.config import Settings
@@ -120,8 +120,11 @@ class EditorTransport:
         rooms.on_update = self._relay_update
         socketio.on_event("connect", self.on_connect)
         socketio.on_event("disconnect", self.on_disconnect)
-        socketio.on_event("sync", self.on_sync)
-        socketio.on_event("awareness", self.on_awareness)
+        # These two events carry every edit and cursor move, and their handlers need no Flask
+        # request context. Flask-SocketIO pushes one per event, which took about 0.2 ms of the
+        # 0.4 ms between an edit's arrival and its relay, so python-socketio calls them directly.
+        socketio.server.on("sync", self.on_sync)
+        socketio.server.on("awareness", self.on_awareness)
 
     def connection_count(self) -> int:
         """Return the number of live connections."""
@@ -240,9 +243,9 @@ class EditorTransport:
 
     # Events
 
-    def on_sync(self, data: Any = None) -> dict[str, Any]:
+    def on_sync(self, sid: str, data: Any = None) -> dict[str, Any]:
         """Handle a sync step 1 (reply with step 2), step 2 or update (apply and store)."""
-        connection = self._connections.get(request.sid)  # type: ignore[attr-defined]
+        connection = self._connections.get(sid)
         if connection is None:
             return _failure(EditorError("Not connected to a session"))
         try:
@@ -250,7 +253,7 @@ class EditorTransport:
             message = self._decode(data, decode_sync_message)
             if message.type is SyncMessageType.STEP1:
                 missing = connection.room.update_since(message.payload)
-                emit("sync", encode_sync_message(SyncMessageType.STEP2, missing))
+                self._emit_to(sid, "sync", encode_sync_message(SyncMessageType.STEP2, missing))
             else:
                 self._rooms.apply_update(connection.room, message.payload, origin=connection.sid)
         except EditorError as exc:
@@ -261,13 +264,13 @@ class EditorTransport:
                 "session %s: sid=%s sync failed", connection.session_id, connection.sid
             )
             failure = EditorError("The server failed to process this message")
-            emit("error", failure.payload())
+            self._emit_to(sid, "error", failure.payload())
             return _failure(failure)
         return {"ok": True}
 
-    def on_awareness(self, data: Any = None) -> dict[str, Any]:
+    def on_awareness(self, sid: str, data: Any = None) -> dict[str, Any]:
         """Store the sender's awareness states and relay them to the rest of the room."""
-        connection = self._connections.get(request.sid)  # type: ignore[attr-defined]
+        connection = self._connections.get(sid)
         if connection is None:
             return _failure(EditorError("Not connected to a session"))
         try:
@@ -386,7 +389,8 @@ class EditorTransport:
             connection.ip,
             self._settings.socket_rate_limit,
         )
-        emit(
+        self._emit_to(
+            connection.sid,
             "error",
             {
                 "code": RateLimited.code,
@@ -405,7 +409,8 @@ class EditorTransport:
                 connection.sid,
                 connection.ip,
             )
-            emit(
+            self._emit_to(
+                connection.sid,
                 "error",
                 {
                     "code": RateLimited.code,
@@ -419,7 +424,7 @@ class EditorTransport:
             # Closing the Socket.IO session leaves the Engine.IO connection open, and a flooder
             # that ignores the DISCONNECT packet would keep the server reading its messages.
             eio_sid = self._socketio.server.manager.eio_sid_from_sid(connection.sid, "/")
-            disconnect(connection.sid)
+            self._socketio.server.disconnect(connection.sid, namespace="/")
             if eio_sid is not None:
                 self._socketio.server.eio.disconnect(eio_sid)
         raise RateLimited("Disconnected for sending too many messages")
@@ -455,7 +460,11 @@ class EditorTransport:
             exc,
         )
         if not isinstance(exc, RateLimited):
-            emit("error", exc.payload())
+            self._emit_to(connection.sid, "error", exc.payload())
+
+    def _emit_to(self, sid: str, event: str, data: Any) -> None:
+        """Send ``event`` to the connection ``sid`` alone."""
+        self._socketio.emit(event, data, to=sid)
 
 
 def _failure(exc: EditorError) -> dict[str, Any]:
