@@ -243,13 +243,14 @@ class EditorTransport:
 
     # Events
 
-    def on_sync(self, sid: str, data: Any = None) -> dict[str, Any]:
+    def on_sync(self, sid: str, data: Any = None, *extra: Any) -> dict[str, Any]:
         """Handle a sync step 1 (reply with step 2), step 2 or update (apply and store)."""
         connection = self._connections.get(sid)
         if connection is None:
             return _failure(EditorError("Not connected to a session"))
         try:
             self._admit(connection)
+            _expect_one_argument("sync", extra)
             message = self._decode(data, decode_sync_message)
             if message.type is SyncMessageType.STEP1:
                 missing = connection.room.update_since(message.payload)
@@ -268,13 +269,14 @@ class EditorTransport:
             return _failure(failure)
         return {"ok": True}
 
-    def on_awareness(self, sid: str, data: Any = None) -> dict[str, Any]:
+    def on_awareness(self, sid: str, data: Any = None, *extra: Any) -> dict[str, Any]:
         """Store the sender's awareness states and relay them to the rest of the room."""
         connection = self._connections.get(sid)
         if connection is None:
             return _failure(EditorError("Not connected to a session"))
         try:
             self._admit(connection)
+            _expect_one_argument("awareness", extra)
             if isinstance(data, bytes) and len(data) > self._settings.awareness_max_bytes:
                 raise MessageTooLarge(
                     f"The awareness update has {len(data):,} bytes; the limit is "
@@ -465,6 +467,15 @@ class EditorTransport:
     def _emit_to(self, sid: str, event: str, data: Any) -> None:
         """Send ``event`` to the connection ``sid`` alone."""
         self._socketio.emit(event, data, to=sid)
+
+
+def _expect_one_argument(event: str, extra: tuple[Any, ...]) -> None:
+    """Raise ``InvalidMessage`` when an event arrived with arguments after its payload."""
+    if extra:
+        raise InvalidMessage(
+            f"The {event} event takes one binary argument, got {len(extra) + 1}; send the "
+            "y-protocols message alone"
+        )
 
 
 def _failure(exc: EditorError) -> dict[str, Any]:

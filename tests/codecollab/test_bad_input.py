@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 
+import msgpack
 import pytest
 import socketio
 import websocket
@@ -98,6 +99,23 @@ def test_malformed_sync_message_gets_error(
     assert ack["error"] == "invalid_message"
     wait_until(lambda: "invalid_message" in client.error_codes(), 2, "no error event")
     assert_session_still_works(client, shared_editor)
+
+
+def test_typed_array_extension_gets_hint(client: YClient, shared_editor: ServerProcess) -> None:
+    # What socket.io-msgpack-parser sends for a Node.js Uint8Array that is not a Buffer. The
+    # tuple makes python-socketio send the ExtType, itself a tuple, as one argument.
+    ack = client.send_raw_sync((msgpack.ExtType(0, update_message(b"\x00\x00")),))
+    assert ack["error"] == "invalid_message"
+    assert "send a Buffer or an ArrayBuffer" in ack["message"]
+    assert_session_still_works(client, shared_editor)
+
+
+@pytest.mark.parametrize("event", ["sync", "awareness"])
+def test_extra_arguments_get_error(client: YClient, event: str) -> None:
+    ack = client.sio.call(event, (b"\x00\x00", b"extra"), timeout=10)
+    assert ack["error"] == "invalid_message"
+    assert "takes one binary argument, got 2" in ack["message"]
+    wait_until(lambda: "invalid_message" in client.error_codes(), 2, "no error event")
 
 
 def test_malformed_awareness_gets_error(client: YClient) -> None:
