@@ -3,10 +3,10 @@
 The editor's Socket.IO packets are MessagePack (docs/protocol.md). socket.io-client on its
 default JSON parser sends text packets, which python-socketio hands to the MessagePack decoder
 as they are: the decoder raises, python-engineio logs a traceback, and the client waits for
-its connection forever. ``reject_undecodable_packets`` answers a text packet with a
+its connection forever. ``reject_undecodable_packets`` replies to a text packet with a
 CONNECT_ERROR in the JSON encoding, which such a client reports as ``connect_error`` with the
-reason, and closes the connection a second later, once a long-polling client has fetched the
-answer. A binary message that is not a MessagePack Socket.IO packet closes the connection at
+reason. It closes the connection a second later, so that a long-polling client can fetch that
+reply first. A binary message that is not a MessagePack Socket.IO packet closes the connection at
 once. Both are logged as one warning with the Engine.IO session id.
 """
 

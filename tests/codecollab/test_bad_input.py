@@ -361,7 +361,7 @@ def open_engineio(port: int) -> websocket.WebSocket:
 
 
 def closed_within(ws: websocket.WebSocket, seconds: float) -> bool:
-    """Return whether the server closes ``ws`` within ``seconds``, answering its pings."""
+    """Return whether the server closes ``ws`` within ``seconds``, replying to its pings."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         ws.settimeout(max(deadline - time.monotonic(), 0.01))
