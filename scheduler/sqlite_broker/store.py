@@ -341,16 +341,33 @@ class Store:
     # Messages
 
     def publish(
-        self, queue: str, priority: int, payload: str, expires_at: float | None, now: float
-    ) -> None:
-        """Insert one ready message; the queue's x-message-ttl applies without ``expires_at``."""
-        self.run(
-            lambda conn: conn.execute(
-                "INSERT INTO messages (queue, priority, payload, expires_at) VALUES "
-                "(?, ?, ?, coalesce(?, (SELECT ? + message_ttl FROM queues WHERE name = ?)))",
-                (queue, priority, payload, expires_at, now, queue),
+        self,
+        queue: str,
+        priority: int,
+        payload: str,
+        expires_at: float | None,
+        now: float,
+        bound_from: str | None = None,
+    ) -> bool:
+        """Insert one ready message; the queue's x-message-ttl applies without ``expires_at``.
+
+        With ``bound_from``, the message was routed through that exchange, and it is inserted
+        only while the queue is still bound to it. Another process may delete the queue between
+        the routing and the insert, and a message stored then would stay in no queue forever.
+        Return whether the message was stored.
+        """
+        insert = "INSERT INTO messages (queue, priority, payload, expires_at)"
+        values = "?, ?, ?, coalesce(?, (SELECT ? + message_ttl FROM queues WHERE name = ?))"
+        params: tuple[Any, ...] = (queue, priority, payload, expires_at, now, queue)
+        if bound_from is None:
+            sql = f"{insert} VALUES ({values})"
+        else:
+            sql = (
+                f"{insert} SELECT {values} "
+                "WHERE EXISTS (SELECT 1 FROM bindings WHERE queue = ? AND exchange = ?)"
             )
-        )
+            params += (queue, bound_from)
+        return self.run(lambda conn: conn.execute(sql, params).rowcount) == 1
 
     def claim(
         self, queue: str, owner: str, lease_until: float, now: float, limit: int = 1

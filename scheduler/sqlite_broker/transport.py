@@ -10,7 +10,9 @@ and stores everything that must outlive a process or be seen by other processes 
   with none of these (the consumer was killed) makes the message ready again. :mod:`.keeper`
   renews the leases of a live consumer.
 - Routing. Exchange types and bindings live in the database, so a producer routes to queues
-  declared only by a worker, and fanout exchanges reach consumers in every process.
+  declared only by a worker, and fanout exchanges reach consumers in every process. A message
+  routed through an exchange is stored only if its binding still exists at the insert, so a
+  queue deleted in the middle of a publish leaves no message behind.
 
 The transport declares itself asynchronous, so a Celery worker runs its non-blocking event loop
 (a kombu hub) on it, as on RabbitMQ. SQLite has no socket to watch, so
@@ -135,13 +137,34 @@ class Channel(virtual.Channel):
             )
         return payload
 
-    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+    def basic_publish(
+        self, message: dict[str, Any], exchange: str, routing_key: str, **kwargs: Any
+    ) -> None:
+        # kombu routes by the bindings it read a moment earlier; the exchange travels on to
+        # _put, which stores the message only if the binding still exists, as AMQP does.
+        if exchange:
+            kwargs["bound_from"] = exchange
+        super().basic_publish(message, exchange, routing_key, **kwargs)
+
+    def _put(
+        self,
+        queue: str,
+        message: dict[str, Any],
+        bound_from: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         now = time.time()
         payload = self._encode(message, f"queue {queue!r}")
         expiration = message["properties"].get("expiration")
         expires_at = now + float(expiration) / 1000 if expiration is not None else None
         priority = self._get_message_priority(message, reverse=True)
-        self.store.publish(queue, priority, payload, expires_at, now)
+        if not self.store.publish(queue, priority, payload, expires_at, now, bound_from):
+            logger.debug(
+                "sqlite broker: queue %r was unbound from exchange %r while a message was "
+                "routed to it; message dropped",
+                queue,
+                bound_from,
+            )
 
     def _put_fanout(
         self, exchange: str, message: dict[str, Any], routing_key: str, **kwargs: Any

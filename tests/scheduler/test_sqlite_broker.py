@@ -631,6 +631,28 @@ def test_topic_routing(url: str) -> None:
     assert message.payload == "eu"
 
 
+def test_queue_deleted_mid_publish(url: str, db_path: Path) -> None:
+    # A remote-control client deletes its reply queue while a worker publishes a late reply:
+    # the worker has read the binding, and the queue is gone before the insert.
+    queue = Queue("reply-1", Exchange("replies", "direct"), "reply-1")
+    with connect(url) as client, connect(url) as worker:
+        queue(client.default_channel).declare()
+        channel = worker.default_channel
+        lookup = channel._lookup
+
+        def lookup_then_delete(exchange: str, routing_key: str, default: str | None = None):
+            queues = lookup(exchange, routing_key, default)
+            queue(client.default_channel).delete()
+            return queues
+
+        channel._lookup = lookup_then_delete
+        Producer(channel).publish("late", exchange="replies", routing_key="reply-1")
+        assert row_count(db_path, "queues") == 0
+        # A message to the default exchange names its queue and needs no binding.
+        Producer(channel).publish("direct", exchange="", routing_key="undeclared")
+    assert row_count(db_path) == 1
+
+
 def test_fanout_reaches_every_connection(url: str) -> None:
     exchange = Exchange("broadcast", "fanout")
     connections = [connect(url) for _ in range(3)]
