@@ -19,10 +19,15 @@
 //
 // Times are milliseconds of CLOCK_MONOTONIC (process.hrtime), which every process on the
 // machine shares, so a send time in the typist's process and a receipt time in a peers process
-// can be subtracted. A message is timestamped as soon as its event fires, before it is
-// decoded and applied: the Yjs work runs later (setImmediate), after every message that
-// arrived in the same event-loop turn has its timestamp. So the figure measures arrival at the
-// client, not the backlog of one Node.js process applying updates for many clients.
+// can be subtracted. Each received update gets two timestamps:
+// - arrival: the WebSocket `message` event of its frame, the same point for both kinds of
+//   client, before any protocol decoding;
+// - event: when the client library hands it over. For y-websocket that is the same `message`
+//   event; socket.io-client first decodes the Engine.IO and Socket.IO packets, then emits the
+//   event on the next process.nextTick.
+// The Yjs work runs later (setImmediate), after every message that arrived in the same
+// event-loop turn has its timestamps, so neither figure includes the backlog of one Node.js
+// process applying updates for many clients.
 
 import { createHash } from 'node:crypto'
 import { performance } from 'node:perf_hooks'
@@ -63,8 +68,10 @@ class Client {
     this.doc.on('update', (update, origin) => {
       if (origin !== this) this.sendUpdate(update)
     })
-    // Set by startRecording: arrivals[k] is the receipt time of the k-th appended character.
+    // Set by startRecording: arrivals[k] and events[k] are the two receipt times of the k-th
+    // appended character.
     this.arrivals = null
+    this.events = null
     // Why the server closed the connection, if it did before close() was called.
     this.lostReason = null
     this.closing = false
@@ -73,16 +80,18 @@ class Client {
   startRecording () {
     this.base = this.text.length
     this.arrivals = []
+    this.events = []
   }
 
-  /** Applies a received sync message later, stamped with its receipt time `receivedAt`. */
-  receive (data, receivedAt, reply) {
+  /** Applies a received sync message later, stamped with its frame's arrival and event times. */
+  receive (data, arrivedAt, eventAt, reply) {
     deliverLater(() => {
       const answer = this.handleSync(decoding.createDecoder(data))
       if (answer) reply(answer)
       if (this.arrivals === null) return
       for (let k = this.arrivals.length; k < this.text.length - this.base; k++) {
-        this.arrivals.push(receivedAt)
+        this.arrivals.push(arrivedAt)
+        this.events.push(eventAt)
       }
     })
   }
@@ -130,8 +139,19 @@ class CodeCollabClient extends Client {
       forceNew: true,
       auth: { session, clientId: `bench-${process.pid}-${index}`, name: `bench ${index}` }
     })
+    // With the MessagePack parser every Socket.IO packet is one binary frame, and Engine.IO's
+    // pings are text frames. This listener runs before engine.io-client's own, and the `sync`
+    // event follows on the next process.nextTick, so frameAt is the arrival of its frame.
+    this.frameAt = null
+    this.socket.io.on('open', () => {
+      this.socket.io.engine.transport.ws.prependListener('message', (_data, isBinary) => {
+        if (isBinary) this.frameAt = monotonicMs()
+      })
+    })
     this.socket.on('sync', (data) => {
-      this.receive(new Uint8Array(data), monotonicMs(), (reply) => this.socket.emit('sync', asBuffer(reply)))
+      const eventAt = monotonicMs()
+      const arrivedAt = this.frameAt ?? eventAt
+      this.receive(new Uint8Array(data), arrivedAt, eventAt, (reply) => this.socket.emit('sync', asBuffer(reply)))
     })
     this.socket.on('connect', () => this.socket.emit('sync', asBuffer(this.step1())))
     this.socket.on('connect_error', (error) => fail(`connect_error: ${error.message}`))
@@ -159,7 +179,7 @@ class PeerClient extends Client {
       const receivedAt = monotonicMs()
       const message = new Uint8Array(data)
       if (message[0] !== 0) return // awareness; the sync prefix varUint(0) is one byte
-      this.receive(message.subarray(1), receivedAt, (reply) => this.ws.send(withSyncPrefix(reply)))
+      this.receive(message.subarray(1), receivedAt, receivedAt, (reply) => this.ws.send(withSyncPrefix(reply)))
     })
     this.ws.on('error', (error) => fail(`websocket error: ${error.message}`))
     this.ws.on('close', (code) => { if (!this.closing) this.lostReason = `close code ${code}` })
@@ -268,6 +288,7 @@ async function peers () {
   }
   report({
     arrivals: clients.map((client) => client.arrivals),
+    events: clients.map((client) => client.events),
     texts: clients.map((client) => client.textHash()),
     lost: clients.map((client) => client.lostReason)
   })
