@@ -102,10 +102,7 @@ class Policy:
         object.__setattr__(self, "capacity", burst)
         object.__setattr__(self, "storage_id", f"{self.count}-{period_us}-{burst}")
         if not self.name:
-            label = f"{self.count}/{_format_seconds(period_us)}"
-            if burst != self.count:
-                label += f";burst={burst}"
-            object.__setattr__(self, "name", label)
+            object.__setattr__(self, "name", _derived_name(self.count, period_us, burst))
 
     @property
     def rate(self) -> float:
@@ -117,8 +114,38 @@ class Policy:
         """Seconds an empty bucket takes to refill to full capacity."""
         return self.capacity * self.period_us / self.count / 1_000_000
 
+    @property
+    def description(self) -> str:
+        """The policy in words, such as ``"300 per minute, burst 100"``, for messages."""
+        text = f"{self.count} per {_describe_period(self.period_us)}"
+        if self.capacity != self.count:
+            text += f", burst {self.capacity}"
+        return text
+
+    @property
+    def has_derived_name(self) -> bool:
+        """Whether :attr:`name` was derived from the numbers rather than given."""
+        return self.name == _derived_name(self.count, self.period_us, self.capacity)
+
     def __str__(self) -> str:
         return self.name
+
+
+def _derived_name(count: int, period_us: int, burst: int) -> str:
+    name = f"{count}/{_format_seconds(period_us)}"
+    return name if burst == count else f"{name};burst={burst}"
+
+
+# Units for periods in words, largest first.
+_PERIOD_UNITS = ((86_400, "day"), (3_600, "hour"), (60, "minute"), (1, "second"))
+
+
+def _describe_period(period_us: int) -> str:
+    for seconds, unit in _PERIOD_UNITS:
+        quotient, remainder = divmod(period_us, seconds * 1_000_000)
+        if remainder == 0:
+            return unit if quotient == 1 else f"{quotient} {unit}s"
+    return f"{period_us / 1_000_000:g} seconds"
 
 
 def _format_seconds(period_us: int) -> str:

@@ -112,13 +112,15 @@ def rejection(decision: Decision, include_rate_limit_headers: bool = True) -> Re
         message = f"rate-limit storage is unavailable; retry in {retry_after} s"
     elif retry_after is None:
         status = 429
+        limit = _describe_limit(decision.policy)
         message = (
-            f"request cost {decision.cost} exceeds the capacity {decision.policy.capacity} of "
-            f"rate limit {decision.policy.name}; it can never be admitted, so lower the cost"
+            f"request cost {decision.cost} exceeds the capacity {decision.policy.capacity} of the "
+            f"{limit}; it can never be admitted, so lower the cost"
         )
     else:
         status = 429
-        message = f"rate limit {decision.policy.name} exceeded; retry in {retry_after} s"
+        limit = _describe_limit(decision.policy)
+        message = f"{limit} exceeded; retry in {retry_after} s"
 
     headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
     if retry_after is not None:
@@ -128,3 +130,9 @@ def rejection(decision: Decision, include_rate_limit_headers: bool = True) -> Re
     body = json.dumps({"error": message, "retry_after": retry_after}).encode()
     headers.append(("Content-Length", str(len(body))))
     return Rejection(status, headers, body)
+
+
+def _describe_limit(policy: Policy) -> str:
+    if policy.has_derived_name:
+        return f"rate limit of {policy.description}"
+    return f"rate limit {policy.name} ({policy.description})"

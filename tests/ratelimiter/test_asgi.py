@@ -68,7 +68,7 @@ def test_asgi_rejection_response(clock: FakeClock) -> None:
 
     response = asyncio.run(run())
     assert response.json() == {
-        "error": "rate limit 2/60s exceeded; retry in 30 s",
+        "error": "rate limit of 2 per minute exceeded; retry in 30 s",
         "retry_after": 30,
     }
     assert response.headers["retry-after"] == "30"

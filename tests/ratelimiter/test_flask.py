@@ -56,7 +56,7 @@ def test_rejection_body_and_headers(clock: FakeClock) -> None:
     client.post("/process-video")
     response = client.post("/process-video")
     assert response.get_json() == {
-        "error": "rate limit 2/60s exceeded; retry in 30 s",
+        "error": "rate limit of 2 per minute exceeded; retry in 30 s",
         "retry_after": 30,
     }
     assert response.headers["Retry-After"] == "30"

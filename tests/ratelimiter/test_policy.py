@@ -108,6 +108,26 @@ def test_policy_name(policy: Policy, name: str) -> None:
     assert policy.name == name
 
 
+@pytest.mark.parametrize(
+    ("text", "description"),
+    [
+        ("300/minute, burst 100", "300 per minute, burst 100"),
+        ("5/30s", "5 per 30 seconds"),
+        ("10/second", "10 per second"),
+        ("1000/12 hours", "1000 per 12 hours"),
+        ("7/day", "7 per day"),
+        ("3/1.5s", "3 per 1.5 seconds"),
+    ],
+)
+def test_policy_description(text: str, description: str) -> None:
+    assert parse_policy(text).description == description
+
+
+def test_policy_derived_name_flag() -> None:
+    assert parse_policy("300/minute, burst 100").has_derived_name
+    assert not Policy(300, 60.0, 100, name="editor").has_derived_name
+
+
 def test_policy_rate_and_refill() -> None:
     policy = parse_policy("5/second, burst 10")
     assert policy.rate == 5.0

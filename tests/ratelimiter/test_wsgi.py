@@ -6,7 +6,7 @@ import json
 
 from werkzeug.test import Client
 
-from ratelimiter import RateLimiter
+from ratelimiter import Policy, RateLimiter
 from ratelimiter.clientip import ClientIP
 from ratelimiter.storage import MemoryStorage
 from ratelimiter.wsgi import RateLimitMiddleware
@@ -36,12 +36,20 @@ def test_wsgi_rejection_response(clock: FakeClock) -> None:
     client.get("/")
     response = client.get("/")
     assert json.loads(response.data) == {
-        "error": "rate limit 2/60s exceeded; retry in 30 s",
+        "error": "rate limit of 2 per minute exceeded; retry in 30 s",
         "retry_after": 30,
     }
     assert response.headers["Retry-After"] == "30"
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["Content-Type"] == "application/json"
+
+
+def test_wsgi_rejection_named_policy(clock: FakeClock) -> None:
+    limiter = RateLimiter(Policy(1, 60.0, name="uploads"), storage=MemoryStorage(clock=clock))
+    client = Client(RateLimitMiddleware(hello_app, limiter))
+    client.get("/")
+    error = json.loads(client.get("/").data)["error"]
+    assert error == "rate limit uploads (1 per minute) exceeded; retry in 60 s"
 
 
 def test_wsgi_allowed_headers(clock: FakeClock) -> None:
