@@ -8,6 +8,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask, request
 from flask_socketio import SocketIO
@@ -220,12 +221,41 @@ def _origin_checker(settings: Settings) -> Any:
             # Behind trusted proxies, the page's origin is the proxy's scheme and host.
             scheme = environ.get("HTTP_X_FORWARDED_PROTO", scheme).split(",")[0].strip()
             host = environ.get("HTTP_X_FORWARDED_HOST", host).split(",")[0].strip()
-        same_origin = origin == f"{scheme}://{host}"
+        same_origin = is_same_origin(origin, scheme, host)
         if not same_origin:
             logger.warning("rejected Socket.IO request from origin %s", origin)
         return same_origin
 
     return origin_allowed
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def is_same_origin(origin: str, scheme: str, host: str) -> bool:
+    """Return whether ``origin`` is the origin of a page served as ``scheme`` from ``host``.
+
+    ``host`` is a Host header value. As in RFC 6454, the scheme and host name compare without
+    case and a missing port means the scheme's default, so ``http://example.com`` matches a Host
+    of ``example.com:80``. An origin is only a scheme, a host and a port, so one with a path,
+    user name, query or fragment never matches.
+    """
+    _, separator, authority = origin.partition("://")
+    if not separator or any(character in authority for character in "/@?#"):
+        return False
+    try:
+        page = urlsplit(f"{scheme.lower()}://{host}")
+        other = urlsplit(origin)
+        page_port = page.port or DEFAULT_PORTS.get(page.scheme)
+        other_port = other.port or DEFAULT_PORTS.get(other.scheme)
+    except ValueError:  # a port that is not a number
+        return False
+    return (
+        other.scheme == page.scheme
+        and other.hostname is not None
+        and other.hostname == page.hostname
+        and other_port == page_port
+    )
 
 
 def _register_error_handlers(app: Flask, settings: Settings) -> None:

@@ -14,6 +14,7 @@ import pytest
 import socketio
 import websocket
 
+from codecollab.server import is_same_origin
 from codecollab.yprotocol import (
     AwarenessEntry,
     SyncMessageType,
@@ -236,6 +237,27 @@ def test_same_origin_accepted(shared_editor: ServerProcess) -> None:
     )
     client.connect()
     client.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "expected"),
+    [
+        ("http://127.0.0.1:3000", "127.0.0.1:3000", True),
+        ("http://example.com", "example.com:80", True),
+        ("http://Example.COM:80", "example.com", True),
+        ("http://[::1]:3000", "[::1]:3000", True),
+        ("https://example.com", "example.com", False),
+        ("http://127.0.0.1:3001", "127.0.0.1:3000", False),
+        # A Host without a port names port 80, whatever port the client connected to.
+        ("http://127.0.0.1:3000", "127.0.0.1", False),
+        ("http://evil@127.0.0.1:3000", "127.0.0.1:3000", False),
+        ("http://127.0.0.1:3000/", "127.0.0.1:3000", False),
+        ("http://127.0.0.1:port", "127.0.0.1:3000", False),
+        ("null", "127.0.0.1:3000", False),
+    ],
+)
+def test_same_origin_compare(origin: str, host: str, expected: bool) -> None:
+    assert is_same_origin(origin, "http", host) is expected
 
 
 def test_allow_listed_origin_accepted(start_editor: ServerFactory) -> None:
