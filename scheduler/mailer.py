@@ -13,6 +13,7 @@ import logging
 import re
 import smtplib
 import ssl
+import unicodedata
 from dataclasses import dataclass
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
@@ -24,12 +25,18 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 logger = logging.getLogger(__name__)
 
-# A pragmatic subset of RFC 5322 addr-spec: one @, a dot-atom local part, and a domain of
-# letter-digit-hyphen labels with a top-level label. Quoted local parts are rejected.
-_ADDRESS = re.compile(
-    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+# A pragmatic subset of RFC 5322 addr-spec, widened for internationalized addresses (RFC 6531
+# and RFC 6532). The local part is a dot-atom whose characters may also be printable non-ASCII
+# ones. The domain, in IDNA form, has letter-digit-hyphen labels and a top-level label of
+# letters or an IDNA label. Quoted local parts are rejected.
+_LOCAL_PART = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]+"
+    r"(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]+)*$"
 )
+_ASCII_DOMAIN = re.compile(
+    r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+([A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})$"
+)
+MAX_LOCAL_PART_BYTES = 64
 MAX_ADDRESS_LENGTH = 254
 
 
@@ -84,9 +91,50 @@ def address_error(address: object) -> str | None:
         return f"recipient {address!r} is not a string"
     if len(address) > MAX_ADDRESS_LENGTH:
         return f"address is longer than {MAX_ADDRESS_LENGTH} characters"
-    if not _ADDRESS.match(address):
-        return f"invalid e-mail address {address!r}; expected a form like name@example.com"
+    invalid = f"invalid e-mail address {address!r}; expected a form like name@example.com"
+    local, at, domain = address.rpartition("@")
+    if not at or not _LOCAL_PART.match(local) or not _printable(local):
+        return invalid
+    if len(local.encode()) > MAX_LOCAL_PART_BYTES:
+        return f"the part before @ of {address!r} is longer than {MAX_LOCAL_PART_BYTES} bytes"
+    ascii_domain = _ascii_domain(domain)
+    if ascii_domain is None or not _ASCII_DOMAIN.match(ascii_domain):
+        return invalid
     return None
+
+
+def normalize_address(address: str) -> str:
+    """Return a valid ``address`` with its domain in IDNA form, as SMTP servers expect it.
+
+    ``jörg@bücher.example`` becomes ``jörg@xn--bcher-kva.example``: the domain is then ASCII
+    everywhere, and only a non-ASCII part before the @ needs the SMTPUTF8 extension.
+    """
+    local, _, domain = address.rpartition("@")
+    return f"{local}@{_ascii_domain(domain) or domain}"
+
+
+def needs_smtputf8(address: str) -> bool:
+    """Return whether a normalized ``address`` can only be sent with SMTPUTF8."""
+    return not address.isascii()
+
+
+def _ascii_domain(domain: str) -> str | None:
+    if domain.isascii():
+        return domain
+    try:
+        # Python's codec implements IDNA 2003 (RFC 3490). SMTP without SMTPUTF8 needs this
+        # ASCII form of the domain.
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+
+
+def _printable(text: str) -> bool:
+    # The pattern admits every non-ASCII character; controls, format characters and spaces
+    # (Unicode categories C* and Z*) have no place in an address.
+    return all(
+        character.isascii() or unicodedata.category(character)[0] not in "CZ" for character in text
+    )
 
 
 class TransientMailError(Exception):
@@ -132,8 +180,18 @@ def parse_smtp_url(url: str) -> SmtpTarget:
 
 
 def build_message(sender: str, recipient: str, subject: str, body: str) -> EmailMessage:
-    """Build one plain-text message to ``recipient``."""
-    message = EmailMessage(policy=MESSAGE_POLICY)
+    """Build one plain-text message to ``recipient``.
+
+    A bare address has its domain written in IDNA form. One with a non-ASCII part before the @
+    gets UTF-8 headers (RFC 6532), which only a server with the SMTPUTF8 extension accepts.
+    Other forms, such as ``Name <address>``, are passed to the email package as they are.
+    """
+    policy = MESSAGE_POLICY
+    if address_error(recipient) is None:
+        recipient = normalize_address(recipient)
+        if needs_smtputf8(recipient):
+            policy = MESSAGE_POLICY.clone(utf8=True)
+    message = EmailMessage(policy=policy)
     message["From"] = sender
     message["To"] = recipient
     message["Subject"] = subject
@@ -194,6 +252,12 @@ class SmtpMailer:
             self._client = self._connect()
         try:
             self._client.send_message(message)
+        except smtplib.SMTPNotSupportedError as exc:
+            # Raised before MAIL FROM, so the connection stays usable for other recipients.
+            raise PermanentMailError(
+                f"the SMTP server does not support SMTPUTF8, which {message['To']} needs; "
+                "ask its administrator to enable it or use an ASCII address"
+            ) from exc
         except smtplib.SMTPRecipientsRefused as exc:
             code, reply = next(iter(exc.recipients.values()))
             raise _classify(code, reply) from exc

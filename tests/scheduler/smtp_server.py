@@ -12,9 +12,14 @@ from contextlib import contextmanager
 class SmtpRecorder:
     """State shared with the handler: scripted replies and delivered messages."""
 
-    def __init__(self, rcpt_replies: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self, rcpt_replies: dict[str, list[str]] | None = None, smtputf8: bool = False
+    ) -> None:
         # Address -> replies for successive RCPT TO commands; the last one repeats.
         self.rcpt_replies = rcpt_replies or {}
+        # Whether EHLO offers the SMTPUTF8 and 8BITMIME extensions.
+        self.smtputf8 = smtputf8
+        self.mail_commands: list[str] = []
         self.delivered: list[tuple[list[str], bytes]] = []
         self.lock = threading.Lock()
 
@@ -40,9 +45,14 @@ def _handler(recorder: SmtpRecorder) -> type[socketserver.StreamRequestHandler]:
                     return
                 command = line.decode(errors="replace").strip()
                 verb = command.split(" ", 1)[0].upper()
-                if verb in ("EHLO", "HELO"):
+                if verb == "EHLO" and recorder.smtputf8:
+                    self.send("250-test")
+                    self.send("250-8BITMIME")
+                    self.send("250 SMTPUTF8")
+                elif verb in ("EHLO", "HELO"):
                     self.send("250 test")
                 elif verb == "MAIL":
+                    recorder.mail_commands.append(command)
                     recipients = []
                     self.send("250 OK")
                 elif verb == "RCPT":

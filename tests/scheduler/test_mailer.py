@@ -12,7 +12,15 @@ from tests.scheduler.smtp_server import SmtpRecorder, free_port, smtp_server
 
 
 @pytest.mark.parametrize(
-    "address", ["ann@example.com", "first.last+tag@mail.example.co.uk", "x_y@sub-domain.org"]
+    "address",
+    [
+        "ann@example.com",
+        "first.last+tag@mail.example.co.uk",
+        "x_y@sub-domain.org",
+        "jörg@bücher.example",
+        "用户@例子.广告",
+        "ann@xn--e1afmkfd.xn--p1ai",
+    ],
 )
 def test_address_valid(address: str) -> None:
     assert mailer.address_error(address) is None
@@ -32,6 +40,10 @@ def test_address_valid(address: str) -> None:
         42,
         None,
         "a" * 250 + "@example.com",
+        "ü" * 33 + "@example.com",
+        "a\u200bb@example.com",
+        "a\u00a0b@example.com",
+        "ann@bücher",
     ],
 )
 def test_address_invalid(address: object) -> None:
@@ -80,6 +92,17 @@ def test_build_message_bytes(sender: str, recipient: str, subject: str, body: st
     assert bytes(message) == bytes(expected)
 
 
+def test_build_message_idna_domain() -> None:
+    message = mailer.build_message("from@example.com", "ann@bücher.example", "S", "B")
+    assert message["To"] == "ann@xn--bcher-kva.example"
+    assert bytes(message).isascii()
+
+
+def test_build_message_utf8_local_part() -> None:
+    message = mailer.build_message("from@example.com", "jörg@bücher.example", "S", "B")
+    assert "To: jörg@xn--bcher-kva.example\n".encode() in bytes(message)
+
+
 def test_build_message_sender_changes() -> None:
     first = mailer.build_message("a@example.com", "ann@example.com", "S", "B")
     second = mailer.build_message("b@example.com", "ann@example.com", "S", "B")
@@ -98,6 +121,31 @@ def test_smtp_reply_classified(reply: str, error: type[Exception]) -> None:
         target = mailer.parse_smtp_url(f"smtp://127.0.0.1:{port}")
         with mailer.SmtpMailer(target, timeout=5) as client, pytest.raises(error):
             client.send(message)
+
+
+def test_smtp_utf8_address_sent() -> None:
+    recorder = SmtpRecorder(smtputf8=True)
+    message = mailer.build_message("from@example.com", "jörg@bücher.example", "S", "B")
+    with smtp_server(recorder) as port:
+        target = mailer.parse_smtp_url(f"smtp://127.0.0.1:{port}")
+        with mailer.SmtpMailer(target, timeout=5) as client:
+            client.send(message)
+    assert "SMTPUTF8" in recorder.mail_commands[0]
+    assert recorder.delivered[0][0] == ["jörg@xn--bcher-kva.example"]
+
+
+def test_smtp_utf8_unsupported_is_permanent() -> None:
+    recorder = SmtpRecorder()
+    international = mailer.build_message("from@example.com", "jörg@example.com", "S", "B")
+    plain = mailer.build_message("from@example.com", "ann@bücher.example", "S", "B")
+    with smtp_server(recorder) as port:
+        target = mailer.parse_smtp_url(f"smtp://127.0.0.1:{port}")
+        with mailer.SmtpMailer(target, timeout=5) as client:
+            with pytest.raises(mailer.PermanentMailError, match="SMTPUTF8"):
+                client.send(international)
+            # The same connection still delivers to an ASCII address.
+            client.send(plain)
+    assert [recipients for recipients, _ in recorder.delivered] == [["ann@xn--bcher-kva.example"]]
 
 
 def test_smtp_unreachable_is_transient() -> None:
