@@ -67,6 +67,7 @@ class Settings:
 
     # Rate limits (ratelimiter policy strings)
     http_rate_limit: str = "300/minute, burst 100"
+    static_rate_limit: str = "3000/minute, burst 600"
     connect_rate_limit: str = "120/minute, burst 60"
     socket_rate_limit: str = "100/second, burst 300"
     socket_flood_seconds: float = 2.0
@@ -198,6 +199,9 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
         cors_allowed_origins=origins,
         http_rate_limit=env_checked(
             "CODECOLLAB_HTTP_RATE_LIMIT", "300/minute, burst 100", parse_policies, environ
+        ),
+        static_rate_limit=env_checked(
+            "CODECOLLAB_STATIC_RATE_LIMIT", "3000/minute, burst 600", parse_policies, environ
         ),
         connect_rate_limit=env_checked(
             "CODECOLLAB_CONNECT_RATE_LIMIT", "120/minute, burst 60", parse_policies, environ

@@ -1,8 +1,11 @@
 """Rate limits of the editor, built on the ``ratelimiter`` package.
 
-Three limits apply, each from its own setting:
+Four limits apply, each from its own setting:
 
-- every HTTP route, per client IP (``ratelimiter.flask.Limiter``);
+- every HTTP route but the static files, per client IP (``ratelimiter.flask.Limiter``);
+- the static files (scripts, styles, fonts), per client IP, in a bucket of their own: one page
+  load fetches about a dozen of them, so under the routes' limit a few quick reloads would
+  leave the page without its code;
 - Socket.IO connection attempts, per client IP, checked in the connect handler because
   Socket.IO's own HTTP requests never reach Flask's routing;
 - Socket.IO messages, per connection, checked in each event handler.
@@ -34,7 +37,7 @@ class Limits:
 
 
 def build_limits(app: Flask, settings: Settings) -> Limits:
-    """Build the three limiters and guard every route of ``app`` with the HTTP one.
+    """Build the limiters and guard every route of ``app`` with the HTTP one.
 
     :raises ValueError: when a policy setting does not parse, so a typo stops start-up.
     """
@@ -46,6 +49,10 @@ def build_limits(app: Flask, settings: Settings) -> Limits:
         key_prefix="codecollab:http",
     )
     http.init_app(app)
+    static_files = app.view_functions.get("static")
+    if static_files is not None:
+        http.exempt(static_files)
+        http.limit(settings.static_rate_limit, scope="static")(static_files)
     connect = RateLimiter(
         parse_policies(settings.connect_rate_limit),
         storage=settings.rate_limit_storage,

@@ -95,9 +95,10 @@ def wait_for_health(server: EditorServer, timeout: float) -> None:
     pytest.fail(f"editor server did not become healthy in {timeout}s:\n{server.log_tail()}")
 
 
-def start_server(workdir: Path, port: int) -> EditorServer:
+def start_server(workdir: Path, port: int, **settings: str) -> EditorServer:
     """Start ``cd codecollab && python app.py`` on ``port`` with its database in ``workdir``,
-    and wait until it is healthy. A restart with the same arguments reopens the same database."""
+    and wait until it is healthy. A restart with the same arguments reopens the same database.
+    ``settings`` are extra environment variables."""
     env = {
         **os.environ,
         "CODECOLLAB_HOST": "127.0.0.1",
@@ -107,6 +108,7 @@ def start_server(workdir: Path, port: int) -> EditorServer:
         # Every test shares 127.0.0.1, and one page load fetches about ten static files.
         "CODECOLLAB_HTTP_RATE_LIMIT": "6000/minute, burst 1000",
         "CODECOLLAB_CONNECT_RATE_LIMIT": "600/minute, burst 100",
+        **settings,
     }
     log_path = workdir / "server.log"
     with log_path.open("ab") as log:
@@ -608,6 +610,23 @@ def test_restart_keeps_offline_edits(open_tab, tmp_path):
     assert local.endswith(" saved offline")
     assert local.count(" saved") == 1
     assert stored == local
+
+
+def test_code_load_failure_message(browser, tmp_path):
+    # One static file per minute: the stylesheet, the scripts and their chunks cannot all load.
+    server = start_server(tmp_path, free_port(), CODECOLLAB_STATIC_RATE_LIMIT="1/minute")
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{server.base_url}/s/{secrets.token_urlsafe(16)}")
+        page.wait_for_selector("#loading-text[data-failed='true']", timeout=READY_TIMEOUT_MS)
+        message = page.locator("#loading-text").text_content()
+    finally:
+        context.close()
+        stop_server(server)
+
+    assert message is not None
+    assert "could not load its code" in message
 
 
 def test_invalid_session_404(browser, editor_server):

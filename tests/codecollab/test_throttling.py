@@ -39,3 +39,27 @@ def test_http_limit_headers_on_429(start_editor: ServerFactory) -> None:
     assert int(headers["Retry-After"]) >= 1
     assert headers["RateLimit-Policy"].startswith('"3/60s"')
     assert "r=0" in headers["RateLimit"]
+
+
+def remaining(headers: dict[str, str]) -> int:
+    """Return the tokens left (``r``) in the first bucket of a ``RateLimit`` header."""
+    return int(headers["RateLimit"].split(";r=")[1].split(";")[0])
+
+
+def test_static_files_own_bucket(start_editor: ServerFactory) -> None:
+    server = start_editor(
+        CODECOLLAB_HTTP_RATE_LIMIT="30/minute, burst 30",
+        CODECOLLAB_STATIC_RATE_LIMIT="50/minute, burst 50",
+    )
+    _, before = get(server, "/api/sessions/default")
+    statics = [get(server, "/static/theme-init.js")[0] for _ in range(12)]
+    _, after = get(server, "/api/sessions/default")
+    assert statics == [200] * 12
+    # Twelve static files took nothing from the routes' bucket: only the second GET did.
+    assert remaining(before) - remaining(after) == 1
+
+
+def test_static_files_limited(start_editor: ServerFactory) -> None:
+    server = start_editor(CODECOLLAB_STATIC_RATE_LIMIT="2/minute, burst 2")
+    statuses = [get(server, "/static/theme-init.js")[0] for _ in range(3)]
+    assert statuses == [200, 200, 429]
