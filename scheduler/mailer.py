@@ -23,18 +23,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import idna
+
 logger = logging.getLogger(__name__)
 
 # A pragmatic subset of RFC 5322 addr-spec, widened for internationalized addresses (RFC 6531
 # and RFC 6532). The local part is a dot-atom whose characters may also be printable non-ASCII
-# ones. The domain, in IDNA form, has letter-digit-hyphen labels and a top-level label of
+# ones. The domain, in IDNA 2008 form, has letter-digit-hyphen labels and a top-level label of
 # letters or an IDNA label. Quoted local parts are rejected.
 _LOCAL_PART = re.compile(
-    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]+"
-    r"(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]+)*$"
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]+"
+    r"(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]+)*"
 )
 _ASCII_DOMAIN = re.compile(
-    r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+([A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})$"
+    r"([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+([A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})"
 )
 MAX_LOCAL_PART_BYTES = 64
 MAX_ADDRESS_LENGTH = 254
@@ -92,13 +94,15 @@ def address_error(address: object) -> str | None:
     if len(address) > MAX_ADDRESS_LENGTH:
         return f"address is longer than {MAX_ADDRESS_LENGTH} characters"
     invalid = f"invalid e-mail address {address!r}; expected a form like name@example.com"
+    if not _printable(address):
+        return f"{invalid} (it contains a space, line break or invisible character)"
     local, at, domain = address.rpartition("@")
-    if not at or not _LOCAL_PART.match(local) or not _printable(local):
+    if not at or not _LOCAL_PART.fullmatch(local):
         return invalid
     if len(local.encode()) > MAX_LOCAL_PART_BYTES:
         return f"the part before @ of {address!r} is longer than {MAX_LOCAL_PART_BYTES} bytes"
     ascii_domain = _ascii_domain(domain)
-    if ascii_domain is None or not _ASCII_DOMAIN.match(ascii_domain):
+    if ascii_domain is None or not _ASCII_DOMAIN.fullmatch(ascii_domain):
         return invalid
     return None
 
@@ -119,22 +123,18 @@ def needs_smtputf8(address: str) -> bool:
 
 
 def _ascii_domain(domain: str) -> str | None:
-    if domain.isascii():
-        return domain
     try:
-        # Python's codec implements IDNA 2003 (RFC 3490). SMTP without SMTPUTF8 needs this
-        # ASCII form of the domain.
-        return domain.encode("idna").decode("ascii")
-    except UnicodeError:
+        # IDNA 2008 with the UTS #46 mapping, as browsers apply it: letters are lowercased and
+        # full-width forms narrowed, while ß and other characters keep their own labels.
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
         return None
 
 
 def _printable(text: str) -> bool:
-    # The pattern admits every non-ASCII character; controls, format characters and spaces
-    # (Unicode categories C* and Z*) have no place in an address.
-    return all(
-        character.isascii() or unicodedata.category(character)[0] not in "CZ" for character in text
-    )
+    # Controls, format characters such as a zero-width space, and separators (Unicode
+    # categories C* and Z*) have no place in an address; IDNA would drop some of them silently.
+    return all(unicodedata.category(character)[0] not in "CZ" for character in text)
 
 
 class TransientMailError(Exception):

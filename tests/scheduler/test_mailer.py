@@ -44,6 +44,12 @@ def test_address_valid(address: str) -> None:
         "a\u200bb@example.com",
         "a\u00a0b@example.com",
         "ann@bücher",
+        "bob\n@example.com",
+        "ann@example.com\n",
+        "ann@exam\u200bple.com",
+        "ann@b\u00adücher.example",
+        "ann@-bücher.example",
+        "ann@xn--zz.example",
     ],
 )
 def test_address_invalid(address: object) -> None:
@@ -96,6 +102,19 @@ def test_build_message_idna_domain() -> None:
     message = mailer.build_message("from@example.com", "ann@bücher.example", "S", "B")
     assert message["To"] == "ann@xn--bcher-kva.example"
     assert bytes(message).isascii()
+
+
+@pytest.mark.parametrize(
+    ("address", "normalized"),
+    [
+        ("ann@bücher.example", "ann@xn--bcher-kva.example"),
+        ("ann@straße.example", "ann@xn--strae-oqa.example"),
+        ("ann@Example.COM", "ann@example.com"),
+        ("Ann@example.com", "Ann@example.com"),
+    ],
+)
+def test_normalize_address(address: str, normalized: str) -> None:
+    assert mailer.normalize_address(address) == normalized
 
 
 def test_build_message_utf8_local_part() -> None:
@@ -166,7 +185,13 @@ def test_send_emails_retries_transient(broker_env, start_worker) -> None:
         env = {**broker_env, "SMTP_URL": f"smtp://127.0.0.1:{port}"}
         _, _, client = make_client(env)
         start_worker(env, queues=[env["SCHEDULER_IO_QUEUE"]], pool="threads")
-        recipients = ["ok@example.com", "slow@example.com", "gone@example.com", "bad address"]
+        recipients = [
+            "ok@example.com",
+            "slow@example.com",
+            "gone@example.com",
+            "bad address",
+            "line\n@example.com",
+        ]
         response = client.post(
             "/send-emails", json={"recipients": recipients, "subject": "S", "body": "B"}
         )
@@ -179,6 +204,7 @@ def test_send_emails_retries_transient(broker_env, start_worker) -> None:
         "slow@example.com": "sent",
         "gone@example.com": "failed",
         "bad address": "invalid",
+        "line\n@example.com": "invalid",
     }
     delivered = [address for recipients_, _ in recorder.delivered for address in recipients_]
     assert sorted(delivered) == ["ok@example.com", "slow@example.com"]
