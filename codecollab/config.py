@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from codecollab.origins import origin_key
 from envconfig import (
     ConfigError,
     env_checked,
@@ -141,10 +142,10 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
 
     origins = tuple(env_list("CODECOLLAB_CORS_ALLOWED_ORIGINS", [], environ))
     for origin in origins:
-        if origin == "*" or "://" not in origin:
+        if origin_key(origin) is None:
             raise ConfigError(
-                f"CODECOLLAB_CORS_ALLOWED_ORIGINS contains {origin!r}; list full origins such "
-                "as https://editor.example.com ('*' is not allowed)"
+                f"CODECOLLAB_CORS_ALLOWED_ORIGINS contains {origin!r}; list origins such as "
+                "https://editor.example.com, with no path or trailing slash ('*' is not allowed)"
             )
 
     database_path = Path(

@@ -8,7 +8,6 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import Flask, request
 from flask_socketio import SocketIO
@@ -19,6 +18,7 @@ from codecollab.config import Settings, load_settings
 from codecollab.documents import RoomManager, RoomSettings
 from codecollab.engineio_setup import configure_engineio
 from codecollab.log_setup import WSGI_LOGGER, configure_logging
+from codecollab.origins import is_same_origin, origin_key
 from codecollab.packet_check import reject_undecodable_packets
 from codecollab.scale_out import (
     ClusterUnavailable,
@@ -208,13 +208,13 @@ def create_server(settings: Settings) -> EditorServer:
 
 def _origin_checker(settings: Settings) -> Any:
     """Return the Socket.IO origin check: the page's own origin plus the allow-list."""
-    allowed = set(settings.cors_allowed_origins)
+    allowed = {origin_key(origin) for origin in settings.cors_allowed_origins}
 
     def origin_allowed(origin: str | None, environ: Mapping[str, Any]) -> bool:
-        if origin in allowed:
-            return True
         if origin is None:
             return False
+        if origin_key(origin) in allowed:
+            return True
         scheme = environ.get("wsgi.url_scheme", "http")
         host = environ.get("HTTP_HOST", "")
         if settings.proxy_count > 0:
@@ -227,35 +227,6 @@ def _origin_checker(settings: Settings) -> Any:
         return same_origin
 
     return origin_allowed
-
-
-DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def is_same_origin(origin: str, scheme: str, host: str) -> bool:
-    """Return whether ``origin`` is the origin of a page served as ``scheme`` from ``host``.
-
-    ``host`` is a Host header value. As in RFC 6454, the scheme and host name compare without
-    case and a missing port means the scheme's default, so ``http://example.com`` matches a Host
-    of ``example.com:80``. An origin is only a scheme, a host and a port, so one with a path,
-    user name, query or fragment never matches.
-    """
-    _, separator, authority = origin.partition("://")
-    if not separator or any(character in authority for character in "/@?#"):
-        return False
-    try:
-        page = urlsplit(f"{scheme.lower()}://{host}")
-        other = urlsplit(origin)
-        page_port = page.port or DEFAULT_PORTS.get(page.scheme)
-        other_port = other.port or DEFAULT_PORTS.get(other.scheme)
-    except ValueError:  # a port that is not a number
-        return False
-    return (
-        other.scheme == page.scheme
-        and other.hostname is not None
-        and other.hostname == page.hostname
-        and other_port == page_port
-    )
 
 
 def _register_error_handlers(app: Flask, settings: Settings) -> None:

@@ -28,7 +28,8 @@ def test_async_mode_selectable(mode: str) -> None:
     [
         ({"CODECOLLAB_ASYNC_MODE": "asyncio"}, "CODECOLLAB_ASYNC_MODE='asyncio'"),
         ({"CODECOLLAB_CORS_ALLOWED_ORIGINS": "*"}, "'\\*' is not allowed"),
-        ({"CODECOLLAB_CORS_ALLOWED_ORIGINS": "example.com"}, "full origins"),
+        ({"CODECOLLAB_CORS_ALLOWED_ORIGINS": "example.com"}, "list origins such as"),
+        ({"CODECOLLAB_CORS_ALLOWED_ORIGINS": "https://example.com/"}, "no path or trailing"),
         (
             {"CODECOLLAB_DOC_MAX_BYTES": "4096", "CODECOLLAB_MAX_MESSAGE_BYTES": "4096"},
             "must be larger than",
