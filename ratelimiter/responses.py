@@ -127,7 +127,9 @@ def rejection(decision: Decision, include_rate_limit_headers: bool = True) -> Re
         headers.append(("Retry-After", str(retry_after)))
     if include_rate_limit_headers:
         headers.extend(rate_limit_headers(decision))
-    body = json.dumps({"error": message, "retry_after": retry_after}).encode()
+    body = json.dumps(
+        {"error": message, "retry_after": retry_after}, separators=(",", ":")
+    ).encode()
     headers.append(("Content-Length", str(len(body))))
     return Rejection(status, headers, body)
 
