@@ -1,7 +1,8 @@
-"""Page routes: the editor at ``/`` and ``/s/<id>``, ``/new``, and the HTML 404 page.
+"""Page routes: the editor at ``/`` and ``/s/<id>``, ``/new``, and the HTML error pages.
 
-``index.html`` is rendered with ``session_id``. ``404.html`` is rendered with ``session_id``
-(the invalid id, or ``None`` for an unknown path) and ``message`` (why the page is missing).
+``index.html`` is rendered with ``session_id``. ``error.html`` is rendered with ``status``,
+``title``, ``message``, ``session_id`` (an invalid session id, which adds a hint about session
+links) and ``retry_path`` (a path to offer again, after a 429).
 """
 
 from __future__ import annotations
@@ -41,15 +42,57 @@ def new_session() -> Response:
 
 
 def not_found_page(session_id: str | None, message: str) -> tuple[str, int]:
-    """Render the 404 page; fall back to plain HTML when the template is missing."""
+    """Render the 404 page for an invalid session id or, with ``None``, an unknown path."""
+    title = "Session not found" if session_id else "Page not found"
+    return error_page(404, title, message, session_id=session_id)
+
+
+def error_page(
+    status: int,
+    title: str,
+    message: str,
+    *,
+    session_id: str | None = None,
+    retry_path: str | None = None,
+) -> tuple[str, int]:
+    """Render ``error.html``; fall back to plain HTML when the template is missing."""
     try:
-        return render_template("404.html", session_id=session_id, message=message), 404
-    except TemplateNotFound:
-        logger.error("template 404.html is missing; build the frontend (make assets)")
-        return (
-            f"<!doctype html><title>Not found</title><h1>Not found</h1><p>{escape(message)}</p>",
-            404,
+        page = render_template(
+            "error.html",
+            status=status,
+            title=title,
+            message=message,
+            session_id=session_id,
+            retry_path=retry_path,
         )
+    except TemplateNotFound:
+        logger.error("template error.html is missing; build the frontend (make assets)")
+        page = (
+            f"<!doctype html><title>{escape(title)}</title><h1>{escape(title)}</h1>"
+            f"<p>{escape(message)}</p>"
+        )
+    return page, status
+
+
+@pages.after_request
+def rate_limited_page(response: Response) -> Response:
+    """Answer a rate-limited page request with an HTML page, keeping the 429 and its headers.
+
+    The rate limiter's JSON body suits API clients; a browser opening the editor shows this.
+    """
+    if response.status_code != 429 or not request.accept_mimetypes.accept_html:
+        return response
+    retry_after = response.headers.get("Retry-After")
+    wait = f"in {retry_after} s" if retry_after else "in a moment"
+    page, _ = error_page(
+        429,
+        "Too many requests",
+        f"More requests came from your address than the editor allows. Try again {wait}.",
+        retry_path=request.full_path.rstrip("?"),
+    )
+    response.set_data(page)
+    response.mimetype = "text/html"
+    return response
 
 
 def page_not_found(_error: Exception) -> tuple[str, int] | tuple[dict[str, str], int]:

@@ -63,3 +63,21 @@ def test_static_files_limited(start_editor: ServerFactory) -> None:
     server = start_editor(CODECOLLAB_STATIC_RATE_LIMIT="2/minute, burst 2")
     statuses = [get(server, "/static/theme-init.js")[0] for _ in range(3)]
     assert statuses == [200, 200, 429]
+
+
+def test_page_429_is_html(start_editor: ServerFactory) -> None:
+    server = start_editor(CODECOLLAB_HTTP_RATE_LIMIT="1/minute, burst 1")
+    request = urllib.request.Request(f"{server.url}/", headers={"Accept": "text/html"})
+    replies = []
+    for _ in range(3):
+        try:
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                replies.append((reply.status, dict(reply.headers), reply.read()))
+        except urllib.error.HTTPError as error:
+            replies.append((error.code, dict(error.headers), error.read()))
+    status, headers, body = replies[-1]
+    assert status == 429
+    assert headers["Content-Type"].startswith("text/html")
+    assert int(headers["Retry-After"]) >= 1
+    assert "RateLimit" in headers
+    assert b"Too many requests" in body
