@@ -76,9 +76,9 @@ def error_page(
 
 @pages.after_request
 def rate_limited_page(response: Response) -> Response:
-    """Answer a rate-limited page request with an HTML page, keeping the 429 and its headers.
+    """Replace the JSON body of a page request's 429 with an HTML page, for browsers.
 
-    The rate limiter's JSON body suits API clients; a browser opening the editor shows this.
+    The status and the Retry-After and rate-limit headers stay as the rate limiter set them.
     """
     if response.status_code != 429 or not request.accept_mimetypes.accept_html:
         return response
