@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from codecollab.origins import origin_key
+from codecollab.origins import LOOPBACK_HOSTS, default_allowed_hosts, host_name, origin_key
 from envconfig import (
     ConfigError,
     env_checked,
@@ -65,6 +65,8 @@ class Settings:
     ping_interval: float = 5.0
     ping_timeout: float = 4.0
     cors_allowed_origins: tuple[str, ...] = ()
+    # Host header names served; the default depends on `host` (default_allowed_hosts).
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
 
     # Rate limits (ratelimiter policy strings)
     http_rate_limit: str = "300/minute, burst 100"
@@ -148,6 +150,11 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
                 "https://editor.example.com, with no path or trailing slash ('*' is not allowed)"
             )
 
+    host = env_str("CODECOLLAB_HOST", "127.0.0.1", environ)
+    allowed_hosts = tuple(
+        _allowed_host(entry) for entry in env_list("CODECOLLAB_ALLOWED_HOSTS", [], environ)
+    ) or default_allowed_hosts(host)
+
     database_path = Path(
         env_str("CODECOLLAB_DATABASE_PATH", str(repo_root() / "var" / "codecollab.db"), environ)
     )
@@ -171,7 +178,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
         )
 
     return Settings(
-        host=env_str("CODECOLLAB_HOST", "127.0.0.1", environ),
+        host=host,
         port=env_int("CODECOLLAB_PORT", 3000, minimum=0, maximum=65535, environ=environ),
         async_mode=read_async_mode(environ),
         log_level=choice("CODECOLLAB_LOG_LEVEL", "INFO", LOG_LEVELS),
@@ -198,6 +205,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
         cors_allowed_origins=origins,
+        allowed_hosts=allowed_hosts,
         http_rate_limit=env_checked(
             "CODECOLLAB_HTTP_RATE_LIMIT", "300/minute, burst 100", parse_policies, environ
         ),
@@ -288,3 +296,17 @@ def _read_scale_out(environ: Mapping[str, str] | None) -> dict[str, object]:
             "CODECOLLAB_CLUSTER_RESYNC_INTERVAL", 30.0, minimum=0.1, environ=environ
         ),
     }
+
+
+def _allowed_host(entry: str) -> str:
+    """Return an entry of CODECOLLAB_ALLOWED_HOSTS in the form the host check compares."""
+    if entry == "*":
+        return entry
+    name = entry[1:] if entry.startswith(".") else entry
+    bare = name.strip("[]").lower().rstrip(".")
+    if host_name(name) != bare or (":" in bare and not name.startswith("[")):
+        raise ConfigError(
+            f"CODECOLLAB_ALLOWED_HOSTS contains {entry!r}; list host names without scheme or "
+            "port, such as editor.example.com, .example.com for a whole domain, [::1], or *"
+        )
+    return f".{bare}" if entry.startswith(".") else bare

@@ -1,14 +1,28 @@
-"""Web origins (RFC 6454) of Socket.IO requests, compared as scheme, host and port.
+"""Web origins (RFC 6454) and Host headers: the checks that keep other sites out.
 
 Browsers send ``Origin`` as ``scheme://host[:port]`` with a default port left out, and a
 ``Host`` header as ``host[:port]``. Both are parsed into the same key, so letter case and an
 explicit default port make no difference. Anything with a path, user name, query, fragment or
 space is not an origin and never matches.
+
+The same-origin check alone does not stop DNS rebinding: a page on a domain that an attacker
+points at 127.0.0.1 sends that domain as both ``Origin`` and ``Host``. So
+:class:`AllowedHostsMiddleware` rejects with 400 every request whose Host names a host not in the
+allow-list, which by default holds only the loopback names when the editor listens on loopback.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import urlsplit
+
+logger = logging.getLogger(__name__)
+
+# The names a browser on this machine uses for a server that listens on loopback.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -46,3 +60,84 @@ def is_same_origin(origin: str, scheme: str, host: str) -> bool:
     """
     key = origin_key(origin)
     return key is not None and key == origin_key(f"{scheme}://{host}")
+
+
+def host_name(host: str) -> str | None:
+    """Return the lowercased host name of a Host header value, without port or final dot.
+
+    :return: ``None`` when ``host`` is not ``name[:port]`` or ``[ipv6][:port]``.
+    """
+    key = origin_key(f"http://{host}")
+    return key[1].rstrip(".") if key is not None else None
+
+
+def default_allowed_hosts(bind_host: str) -> tuple[str, ...]:
+    """Return the allowed Host names for a server bound to ``bind_host``.
+
+    A server on loopback can only be reached from this machine, so only the loopback names are
+    allowed. Anywhere else the names the server is reached by are unknown: ``("*",)``, any.
+    """
+    if bind_host == "localhost":
+        return LOOPBACK_HOSTS
+    try:
+        loopback = ipaddress.ip_address(bind_host).is_loopback
+    except ValueError:
+        loopback = False
+    return LOOPBACK_HOSTS if loopback else ("*",)
+
+
+def host_allowed(name: str, allowed: Iterable[str]) -> bool:
+    """Return whether the host name ``name`` matches an entry of ``allowed``.
+
+    An entry is a host name, ``*`` for any, or ``.example.com`` for example.com and every name
+    below it.
+    """
+    for entry in allowed:
+        if entry == "*" or entry == name:
+            return True
+        if entry.startswith(".") and (name == entry[1:] or name.endswith(entry)):
+            return True
+    return False
+
+
+class AllowedHostsMiddleware:
+    """WSGI middleware that rejects requests for a host not in ``allowed`` with status 400.
+
+    :param app: the WSGI application to protect, Socket.IO included.
+    :param allowed: host names, ``*`` or ``.domain`` entries, as :func:`host_allowed` reads them.
+    :param forwarded: read the host from ``X-Forwarded-Host``, set by trusted reverse proxies.
+    """
+
+    def __init__(self, app: Callable[..., Any], allowed: Iterable[str], forwarded: bool) -> None:
+        self.app = app
+        self.allowed = tuple(entry.lower().rstrip(".") for entry in allowed)
+        self.forwarded = forwarded
+        self._any = "*" in self.allowed
+        self._reported: set[str] = set()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if self._any:
+            return self.app(environ, start_response)
+        host = environ.get("HTTP_HOST", "")
+        if self.forwarded:
+            host = environ.get("HTTP_X_FORWARDED_HOST", host).split(",")[0].strip()
+        name = host_name(host)
+        if name is not None and host_allowed(name, self.allowed):
+            return self.app(environ, start_response)
+        if host not in self._reported and len(self._reported) < 100:
+            self._reported.add(host)
+            logger.warning(
+                "rejected a request for host %r from %s; add the name to "
+                "CODECOLLAB_ALLOWED_HOSTS if the editor is reached by it",
+                host,
+                environ.get("REMOTE_ADDR"),
+            )
+        body = (
+            b'{"error":"This server does not answer to that host name; '
+            b'its operator can allow it with CODECOLLAB_ALLOWED_HOSTS"}'
+        )
+        start_response(
+            "400 Bad Request",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+        )
+        return [body]

@@ -18,7 +18,7 @@ from codecollab.config import Settings, load_settings
 from codecollab.documents import RoomManager, RoomSettings
 from codecollab.engineio_setup import configure_engineio
 from codecollab.log_setup import WSGI_LOGGER, configure_logging
-from codecollab.origins import is_same_origin, origin_key
+from codecollab.origins import AllowedHostsMiddleware, is_same_origin, origin_key
 from codecollab.packet_check import reject_undecodable_packets
 from codecollab.scale_out import (
     ClusterUnavailable,
@@ -197,6 +197,11 @@ def create_server(settings: Settings) -> EditorServer:
     rooms.before_store = lambda: socketio.sleep(0)
     cluster = build_cluster(settings, socketio, rooms)
     transport = EditorTransport(socketio, rooms, limits, settings, cluster)
+    # Outermost, so that Socket.IO requests are checked too: Flask-SocketIO's middleware
+    # answers them before Flask's routing.
+    app.wsgi_app = AllowedHostsMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, settings.allowed_hosts, forwarded=settings.proxy_count > 0
+    )
     server = EditorServer(settings, app, socketio, store, rooms, limits, transport, cluster)
     app.extensions["codecollab"] = server
 

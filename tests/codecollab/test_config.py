@@ -30,6 +30,8 @@ def test_async_mode_selectable(mode: str) -> None:
         ({"CODECOLLAB_CORS_ALLOWED_ORIGINS": "*"}, "'\\*' is not allowed"),
         ({"CODECOLLAB_CORS_ALLOWED_ORIGINS": "example.com"}, "list origins such as"),
         ({"CODECOLLAB_CORS_ALLOWED_ORIGINS": "https://example.com/"}, "no path or trailing"),
+        ({"CODECOLLAB_ALLOWED_HOSTS": "localhost:3000"}, "without scheme or port"),
+        ({"CODECOLLAB_ALLOWED_HOSTS": "https://example.com"}, "without scheme or port"),
         (
             {"CODECOLLAB_DOC_MAX_BYTES": "4096", "CODECOLLAB_MAX_MESSAGE_BYTES": "4096"},
             "must be larger than",
@@ -44,6 +46,21 @@ def test_async_mode_selectable(mode: str) -> None:
 def test_invalid_setting_rejected(environ: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(environ)
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, ("localhost", "127.0.0.1", "::1")),
+        ({"CODECOLLAB_HOST": "0.0.0.0"}, ("*",)),
+        (
+            {"CODECOLLAB_ALLOWED_HOSTS": "Editor.Example.com., .example.org, [::1]"},
+            ("editor.example.com", ".example.org", "::1"),
+        ),
+    ],
+)
+def test_allowed_hosts(environ: dict[str, str], expected: tuple[str, ...]) -> None:
+    assert load_settings(environ).allowed_hosts == expected
 
 
 def test_relative_database_path_from_repository_root() -> None:
