@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import urlsplit
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +26,13 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
-# Characters that may not appear in the host and port part of an origin or a Host header.
-_NOT_IN_AUTHORITY = frozenset("/@?#\\ \t\r\n")
+# A serialized origin: scheme, then a bracketed IPv6 address or a host name (ASCII letters,
+# digits, dots, hyphens, or non-ASCII letters of an internationalized name), then a port.
+_ORIGIN = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://"
+    r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9.\-\u0080-\U0010ffff]+))"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+)
 
 OriginKey = tuple[str, str, int | None]
 
@@ -35,21 +40,28 @@ OriginKey = tuple[str, str, int | None]
 def origin_key(origin: str) -> OriginKey | None:
     """Return ``(scheme, host name, port)`` of a serialized origin, lowercased.
 
-    A missing port is the scheme's default, or ``None`` for a scheme without one.
+    A missing port is the scheme's default, or ``None`` for a scheme without one. An IPv6
+    address is returned in its compressed form, without brackets.
 
     :return: ``None`` when ``origin`` is not an origin, such as ``null`` or a URL with a path.
     """
-    _, separator, authority = origin.partition("://")
-    if not separator or not authority or not _NOT_IN_AUTHORITY.isdisjoint(authority):
+    match = _ORIGIN.fullmatch(origin)
+    if match is None:
         return None
-    try:
-        parts = urlsplit(origin)
-        port = parts.port
-    except ValueError:  # a port that is not a number or out of range
+    scheme = match["scheme"].lower()
+    if match["ipv6"] is not None:
+        try:
+            host = ipaddress.IPv6Address(match["ipv6"]).compressed
+        except ValueError:
+            return None
+    else:
+        host = match["name"].lower()
+    if match["port"] is None:
+        return scheme, host, DEFAULT_PORTS.get(scheme)
+    port = int(match["port"])
+    if not 0 < port < 65536:
         return None
-    if not parts.hostname:
-        return None
-    return parts.scheme, parts.hostname, port or DEFAULT_PORTS.get(parts.scheme)
+    return scheme, host, port
 
 
 def is_same_origin(origin: str, scheme: str, host: str) -> bool:

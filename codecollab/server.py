@@ -32,7 +32,7 @@ from codecollab.storage_postgres import PostgresDocumentStore
 from codecollab.throttling import Limits, build_limits
 from codecollab.transport import EditorTransport
 from codecollab.web.api import api
-from codecollab.web.routes import page_not_found, pages
+from codecollab.web.routes import page_not_found, pages, rate_limited_page
 from envconfig import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -236,6 +236,7 @@ def _origin_checker(settings: Settings) -> Any:
 
 def _register_error_handlers(app: Flask, settings: Settings) -> None:
     app.register_error_handler(404, page_not_found)
+    app.after_request(rate_limited_page)
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_error: RequestEntityTooLarge) -> tuple[dict[str, str], int]:

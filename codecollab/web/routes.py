@@ -8,6 +8,7 @@ links) and ``retry_path`` (a path to offer again, after a 429).
 from __future__ import annotations
 
 import logging
+from urllib.parse import quote
 
 from flask import Blueprint, Response, redirect, render_template, request, url_for
 from jinja2 import TemplateNotFound
@@ -74,13 +75,16 @@ def error_page(
     return page, status
 
 
-@pages.after_request
 def rate_limited_page(response: Response) -> Response:
     """Replace the JSON body of a page request's 429 with an HTML page, for browsers.
 
-    The status and the Retry-After and rate-limit headers stay as the rate limiter set them.
+    Registered for the whole application, so unknown paths get the page too; API and static
+    file requests keep the JSON. The status and the Retry-After and rate-limit headers stay as
+    the rate limiter set them.
     """
-    if response.status_code != 429 or not request.accept_mimetypes.accept_html:
+    if response.status_code != 429 or request.path.startswith(("/api/", "/static/")):
+        return response
+    if request.accept_mimetypes.best_match(("application/json", "text/html")) != "text/html":
         return response
     retry_after = response.headers.get("Retry-After")
     wait = f"in {retry_after} s" if retry_after else "in a moment"
@@ -88,7 +92,8 @@ def rate_limited_page(response: Response) -> Response:
         429,
         "Too many requests",
         f"More requests came from your address than the editor allows. Try again {wait}.",
-        retry_path=request.full_path.rstrip("?"),
+        # The path alone, quoted, and never protocol-relative ("//host/...").
+        retry_path="/" + quote(request.path.lstrip("/"), safe="/"),
     )
     response.set_data(page)
     response.mimetype = "text/html"

@@ -65,19 +65,42 @@ def test_static_files_limited(start_editor: ServerFactory) -> None:
     assert statuses == [200, 200, 429]
 
 
-def test_page_429_is_html(start_editor: ServerFactory) -> None:
+def rejected_reply(server: ServerProcess, path: str, accept: str) -> tuple[int, str, bytes]:
+    """Use up the one-request bucket, then return status, Content-Type and body of a 429."""
+    get(server, "/healthz")
+    request = urllib.request.Request(f"{server.url}{path}", headers={"Accept": accept})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, reply.headers["Content-Type"], reply.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], error.read()
+
+
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+@pytest.mark.parametrize(
+    ("path", "accept", "html"),
+    [
+        ("/", BROWSER_ACCEPT, True),
+        ("/no-such-page", BROWSER_ACCEPT, True),
+        ("/?r=%FF", BROWSER_ACCEPT, True),
+        ("/", "*/*", False),
+        ("/", "text/html;q=0, application/json", False),
+        ("/api/sessions/default", BROWSER_ACCEPT, False),
+    ],
+)
+def test_429_html_for_browsers(
+    start_editor: ServerFactory, path: str, accept: str, html: bool
+) -> None:
     server = start_editor(CODECOLLAB_HTTP_RATE_LIMIT="1/minute, burst 1")
-    request = urllib.request.Request(f"{server.url}/", headers={"Accept": "text/html"})
-    replies = []
-    for _ in range(3):
-        try:
-            with urllib.request.urlopen(request, timeout=10) as reply:
-                replies.append((reply.status, dict(reply.headers), reply.read()))
-        except urllib.error.HTTPError as error:
-            replies.append((error.code, dict(error.headers), error.read()))
-    status, headers, body = replies[-1]
+    status, content_type, body = rejected_reply(server, path, accept)
     assert status == 429
-    assert headers["Content-Type"].startswith("text/html")
-    assert int(headers["Retry-After"]) >= 1
-    assert "RateLimit" in headers
-    assert b"Too many requests" in body
+    assert content_type.startswith("text/html" if html else "application/json")
+    assert (b"Too many requests" in body) is html
+
+
+def test_429_retry_link_quoted(start_editor: ServerFactory) -> None:
+    server = start_editor(CODECOLLAB_HTTP_RATE_LIMIT="1/minute, burst 1")
+    _, _, body = rejected_reply(server, "//s/%0d%0aX%22%3E", BROWSER_ACCEPT)
+    assert b'href="/s/%0D%0AX%22%3E"' in body
