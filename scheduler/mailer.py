@@ -96,6 +96,10 @@ def address_error(address: object) -> str | None:
     invalid = f"invalid e-mail address {address!r}; expected a form like name@example.com"
     if not _printable(address):
         return f"{invalid} (it contains a space, line break or invisible character)"
+    if "=?" in address:
+        # The email package decodes RFC 2047 encoded words in address headers, which would
+        # bring back any character the checks here reject.
+        return f"{invalid} (it contains an encoded word, =?...?=)"
     local, at, domain = address.rpartition("@")
     if not at or not _LOCAL_PART.fullmatch(local):
         return invalid
@@ -104,6 +108,8 @@ def address_error(address: object) -> str | None:
     ascii_domain = _ascii_domain(domain)
     if ascii_domain is None or not _ASCII_DOMAIN.fullmatch(ascii_domain):
         return invalid
+    if len(local.encode()) + 1 + len(ascii_domain) > MAX_ADDRESS_LENGTH:
+        return f"address {address!r} is longer than {MAX_ADDRESS_LENGTH} bytes in IDNA form"
     return None
 
 
@@ -131,10 +137,37 @@ def _ascii_domain(domain: str) -> str | None:
         return None
 
 
+# Code points that display as nothing or as a blank although their category is a letter,
+# mark or symbol: Unicode's Default_Ignorable_Code_Point ranges outside categories C and Z, the
+# Hangul fillers and the blank Braille pattern.
+_INVISIBLE = (
+    (0x034F, 0x034F),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x2800, 0x2800),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFFA0, 0xFFA0),
+    (0x1D173, 0x1D17A),
+    (0xE0100, 0xE01EF),
+)
+
+
 def _printable(text: str) -> bool:
     # Controls, format characters such as a zero-width space, and separators (Unicode
     # categories C* and Z*) have no place in an address; IDNA would drop some of them silently.
-    return all(unicodedata.category(character)[0] not in "CZ" for character in text)
+    # Each part must also start with a visible character, not a combining mark.
+    for part in text.split("@"):
+        if part and unicodedata.category(part[0])[0] == "M":
+            return False
+    for character in text:
+        if unicodedata.category(character)[0] in "CZ":
+            return False
+        code = ord(character)
+        if code > 0x33F and any(low <= code <= high for low, high in _INVISIBLE):
+            return False
+    return True
 
 
 class TransientMailError(Exception):

@@ -15,6 +15,7 @@ import logging
 import random
 import shutil
 import time
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -301,9 +302,10 @@ def send_emails(
         outbox = settings.outbox / task_id
         for index, status in enumerate(statuses):
             if status["status"] == "pending":
-                message = mailer.build_message(settings.smtp_from, status["address"], subject, body)
-                path = mailer.write_eml(outbox, index, message)
-                status.update(status="written", detail=f"written to the outbox as {path.name}")
+                message = _build_or_fail(task_id, index, status, subject, body)
+                if message is not None:
+                    path = mailer.write_eml(outbox, index, message)
+                    status.update(status="written", detail=f"written to the outbox as {path.name}")
 
     if transient is not None:
         if self.request.retries >= settings.max_retries:
@@ -351,17 +353,40 @@ def _send_smtp(
         for index, status in enumerate(statuses):
             if status["status"] != "pending":
                 continue
-            message = mailer.build_message(settings.smtp_from, status["address"], subject, body)
-            try:
-                client.send(message)
-            except mailer.PermanentMailError as exc:
-                status.update(status="failed", detail=str(exc))
-            except mailer.TransientMailError as exc:
-                return exc
-            else:
-                status.update(status="sent", detail="")
+            message = _build_or_fail(task_id, index, status, subject, body)
+            if message is not None:
+                try:
+                    client.send(message)
+                except mailer.PermanentMailError as exc:
+                    status.update(status="failed", detail=str(exc))
+                except mailer.TransientMailError as exc:
+                    return exc
+                else:
+                    status.update(status="sent", detail="")
             store.progress(task_id, 100.0 * (index + 1) / total, f"{index + 1} of {total} done")
     return None
+
+
+def _build_or_fail(
+    task_id: str, index: int, status: dict[str, str], subject: str, body: str
+) -> EmailMessage | None:
+    """Build the message of one recipient, or mark that recipient failed and return ``None``.
+
+    The address passed ``mailer.address_error``, so a failure here is a gap in that check; it
+    must cost one recipient, not the batch.
+    """
+    try:
+        return mailer.build_message(settings.smtp_from, status["address"], subject, body)
+    except (ValueError, TypeError, IndexError, UnicodeError) as exc:
+        logger.error(
+            "task %s: cannot build the message to recipient %d %r: %s",
+            task_id,
+            index,
+            status["address"],
+            exc,
+        )
+        status.update(status="failed", detail=f"the message could not be built: {exc}")
+        return None
 
 
 def _mail_result(statuses: list[dict[str, str]]) -> dict[str, Any]:

@@ -10,6 +10,9 @@ from scheduler import mailer
 from tests.scheduler.conftest import make_client, wait_for_state
 from tests.scheduler.smtp_server import SmtpRecorder, free_port, smtp_server
 
+# Four labels of 19 different CJK characters: each takes far more bytes in IDNA form.
+LONG_CJK_LABELS = ["".join(chr(0x4E00 + 97 * (19 * k + i)) for i in range(19)) for k in range(4)]
+
 
 @pytest.mark.parametrize(
     "address",
@@ -20,6 +23,7 @@ from tests.scheduler.smtp_server import SmtpRecorder, free_port, smtp_server
         "jörg@bücher.example",
         "用户@例子.广告",
         "ann@xn--e1afmkfd.xn--p1ai",
+        "e\u0301@example.com",
     ],
 )
 def test_address_valid(address: str) -> None:
@@ -50,6 +54,14 @@ def test_address_valid(address: str) -> None:
         "ann@b\u00adücher.example",
         "ann@-bücher.example",
         "ann@xn--zz.example",
+        "=?us-ascii?q?boss=40evil.example=3E=2C_=3Cx?=@example.com",
+        "=?utf-8?q?a=0Ab?=@example.com",
+        "\u3164@example.com",
+        "a\u034f@example.com",
+        "a\u2800@example.com",
+        "\u0301@example.com",
+        # 148 characters, 288 bytes once the domain is in IDNA form.
+        "a" * 64 + "@" + ".".join(LONG_CJK_LABELS) + ".com",
     ],
 )
 def test_address_invalid(address: object) -> None:
