@@ -15,7 +15,7 @@ class PrefixedOutput:
 
     def __init__(self, names: list[str], stream: TextIO | None = None) -> None:
         self._stream = stream if stream is not None else sys.stdout
-        # Reentrant: the signal handler may print while the main thread holds the lock.
+        # Shared by the main thread and the threads that relay each process's output.
         self._lock = threading.RLock()
         self._width = max([len(name) for name in names] + [len("launcher")])
         use_color = hasattr(self._stream, "isatty") and self._stream.isatty()

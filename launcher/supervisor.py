@@ -126,16 +126,21 @@ class Supervisor:
         self._cwd = cwd
         self._out = output
         self._processes: list[ManagedProcess] = []
-        self._stop = threading.Event()
+        # Set by the signal handler, read by the loops that poll every _POLL_INTERVAL. A
+        # threading.Event would deadlock: its set() takes a lock that the interrupted main
+        # thread may hold inside wait().
+        self._stop_requested = False
         self._signals_received = 0
+        self._killed_by_signal = False
 
     # Signals
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        # Only flags and system calls here: printing could wait for the output's lock.
         self._signals_received += 1
-        self._stop.set()
+        self._stop_requested = True
         if self._signals_received > 1:
-            self._out.note(f"{signal.Signals(signum).name} again: killing every process now")
+            self._killed_by_signal = True
             self._kill_all(signal.SIGKILL)
 
     def _install_signal_handlers(self) -> None:
@@ -216,7 +221,7 @@ class Supervisor:
         started = time.monotonic()
         deadline = started + self._config.ready_timeout
         pending = list(self._processes)
-        while pending and not self._stop.is_set():
+        while pending and not self._stop_requested:
             for managed in list(pending):
                 if managed.popen.poll() is not None:
                     self._report_exit(managed, during_start=True)
@@ -229,8 +234,8 @@ class Supervisor:
 
             if time.monotonic() > deadline:
                 return self._handle_ready_timeout(pending)
-            self._stop.wait(_POLL_INTERVAL)
-        return not self._stop.is_set()
+            time.sleep(_POLL_INTERVAL)
+        return not self._stop_requested
 
     def _handle_ready_timeout(self, pending: list[ManagedProcess]) -> bool:
         ok = True
@@ -344,6 +349,8 @@ class Supervisor:
         for managed in self._processes:
             if managed.reader is not None:
                 managed.reader.join(timeout=2.0)
+        if self._killed_by_signal:
+            self._out.note("a second signal killed every process with SIGKILL")
         if alive:
             leftovers = {m.spec.name: group_members(m.pgid) for m in alive}
             self._out.note(f"could not stop these processes (pids by name): {leftovers}")
@@ -366,17 +373,19 @@ class Supervisor:
             if self._wait_until_ready():
                 self._print_banner()
                 exit_code = self._watch()
-            elif not self._stop.is_set():
+            elif not self._stop_requested:
                 exit_code = EXIT_PROCESS_FAILED
         finally:
-            self._stop.set()
+            self._stop_requested = True
             self._shutdown()
         return exit_code
 
     def _watch(self) -> int:
-        while not self._stop.wait(_POLL_INTERVAL):
+        while True:
+            time.sleep(_POLL_INTERVAL)
+            if self._stop_requested:
+                return EXIT_OK
             for managed in self._processes:
                 if managed.popen.poll() is not None:
                     self._report_exit(managed, during_start=False)
                     return EXIT_PROCESS_FAILED
-        return EXIT_OK

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from launcher.supervisor import group_members
+from launcher.config import load_config
+from launcher.output import PrefixedOutput
+from launcher.supervisor import Supervisor, group_members
 
 from .harness import free_port
 
@@ -175,3 +180,28 @@ def test_launcher_port_taken_starts_nothing(tmp_path: Path, launch) -> None:
     assert code == 2
     assert any(f"pid {os.getpid()}" in line for line in run.lines)
     assert run.started_groups() == {}
+
+
+def test_signal_handler_takes_no_lock(tmp_path: Path) -> None:
+    # A handler that printed or set a threading.Event could wait for a lock that the main
+    # thread holds where the signal interrupted it, and hang the launcher for good.
+    output = PrefixedOutput(["editor"], stream=io.StringIO())
+    supervisor = Supervisor([], load_config(), {}, tmp_path, output)
+    holder_ready = threading.Event()
+    release = threading.Event()
+
+    def hold_lock() -> None:
+        with output._lock:
+            holder_ready.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    holder_ready.wait(5)
+    started = time.monotonic()
+    supervisor._on_signal(signal.SIGINT, None)
+    supervisor._on_signal(signal.SIGINT, None)
+    elapsed = time.monotonic() - started
+    release.set()
+    holder.join(5)
+    assert elapsed < 1
