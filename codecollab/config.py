@@ -9,6 +9,7 @@ naming the variable and the fix. The variables and their defaults are listed in
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -302,11 +303,17 @@ def _allowed_host(entry: str) -> str:
     """Return an entry of CODECOLLAB_ALLOWED_HOSTS in the form the host check compares."""
     if entry == "*":
         return entry
-    name = entry[1:] if entry.startswith(".") else entry
-    bare = name.strip("[]").lower().rstrip(".")
-    if host_name(name) != bare or (":" in bare and not name.startswith("[")):
+    domain = entry.startswith(".")
+    name = entry[1:] if domain else entry
+    try:
+        # An IPv6 address, bracketed or not, in the compressed form Host names are compared in.
+        return str(ipaddress.IPv6Address(name.strip("[]")))
+    except ValueError:
+        pass
+    bare = name.lower().rstrip(".")
+    if host_name(name) != bare or not bare or bare.startswith(".") or ".." in bare:
         raise ConfigError(
             f"CODECOLLAB_ALLOWED_HOSTS contains {entry!r}; list host names without scheme or "
-            "port, such as editor.example.com, .example.com for a whole domain, [::1], or *"
+            "port, such as editor.example.com, .example.com for a whole domain, ::1, or *"
         )
-    return f".{bare}" if entry.startswith(".") else bare
+    return f".{bare}" if domain else bare

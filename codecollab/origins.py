@@ -86,16 +86,19 @@ def host_name(host: str) -> str | None:
 def default_allowed_hosts(bind_host: str) -> tuple[str, ...]:
     """Return the allowed Host names for a server bound to ``bind_host``.
 
-    A server on loopback can only be reached from this machine, so only the loopback names are
-    allowed. Anywhere else the names the server is reached by are unknown: ``("*",)``, any.
+    A server on loopback can only be reached from this machine: by the loopback names, or by
+    the address it is bound to. Anywhere else the names the server is reached by are unknown:
+    ``("*",)``, any.
     """
     if bind_host == "localhost":
         return LOOPBACK_HOSTS
     try:
-        loopback = ipaddress.ip_address(bind_host).is_loopback
+        address = ipaddress.ip_address(bind_host)
     except ValueError:
-        loopback = False
-    return LOOPBACK_HOSTS if loopback else ("*",)
+        return ("*",)
+    if not address.is_loopback:
+        return ("*",)
+    return tuple(dict.fromkeys((*LOOPBACK_HOSTS, address.compressed)))
 
 
 def host_allowed(name: str, allowed: Iterable[str]) -> bool:
@@ -112,38 +115,49 @@ def host_allowed(name: str, allowed: Iterable[str]) -> bool:
     return False
 
 
+def forwarded_value(header: str, proxy_count: int) -> str:
+    """Return the entry of a comma-separated forwarding header set by the nearest trusted proxy.
+
+    Each proxy appends its entry, so the one ``proxy_count`` places from the right was written
+    by a trusted proxy. Entries left of it may come from the client.
+    """
+    entries = [entry.strip() for entry in header.split(",")]
+    return entries[-proxy_count] if len(entries) >= proxy_count else entries[0]
+
+
 class AllowedHostsMiddleware:
     """WSGI middleware that rejects requests for a host not in ``allowed`` with status 400.
 
+    The loopback names are always allowed: a browser sends them only when its user typed them,
+    and health checks inside a container use them.
+
     :param app: the WSGI application to protect, Socket.IO included.
     :param allowed: host names, ``*`` or ``.domain`` entries, as :func:`host_allowed` reads them.
-    :param forwarded: read the host from ``X-Forwarded-Host``, set by trusted reverse proxies.
+    :param proxy_count: trusted reverse proxies; with one or more, the host is read from their
+        ``X-Forwarded-Host`` entry (:func:`forwarded_value`).
     """
 
-    def __init__(self, app: Callable[..., Any], allowed: Iterable[str], forwarded: bool) -> None:
+    # Host names whose rejection is logged at WARNING; later ones are logged at DEBUG.
+    MAX_REPORTED = 100
+
+    def __init__(self, app: Callable[..., Any], allowed: Iterable[str], proxy_count: int) -> None:
         self.app = app
-        self.allowed = tuple(entry.lower().rstrip(".") for entry in allowed)
-        self.forwarded = forwarded
+        self.allowed = (*(entry.lower().rstrip(".") for entry in allowed), *LOOPBACK_HOSTS)
+        self.proxy_count = proxy_count
         self._any = "*" in self.allowed
         self._reported: set[str] = set()
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+    def allows(self, environ: dict[str, Any]) -> bool:
+        """Return whether the request of ``environ`` names an allowed host."""
         if self._any:
+            return True
+        name = host_name(self._host(environ))
+        return name is not None and host_allowed(name, self.allowed)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if self.allows(environ):
             return self.app(environ, start_response)
-        host = environ.get("HTTP_HOST", "")
-        if self.forwarded:
-            host = environ.get("HTTP_X_FORWARDED_HOST", host).split(",")[0].strip()
-        name = host_name(host)
-        if name is not None and host_allowed(name, self.allowed):
-            return self.app(environ, start_response)
-        if host not in self._reported and len(self._reported) < 100:
-            self._reported.add(host)
-            logger.warning(
-                "rejected a request for host %r from %s; add the name to "
-                "CODECOLLAB_ALLOWED_HOSTS if the editor is reached by it",
-                host,
-                environ.get("REMOTE_ADDR"),
-            )
+        self._report(self._host(environ), environ.get("REMOTE_ADDR"))
         body = (
             b'{"error":"This server does not answer to that host name; '
             b'its operator can allow it with CODECOLLAB_ALLOWED_HOSTS"}'
@@ -153,3 +167,32 @@ class AllowedHostsMiddleware:
             [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
         )
         return [body]
+
+    def _host(self, environ: dict[str, Any]) -> str:
+        host = environ.get("HTTP_HOST", "")
+        forwarded = environ.get("HTTP_X_FORWARDED_HOST")
+        if self.proxy_count > 0 and forwarded:
+            host = forwarded_value(forwarded, self.proxy_count)
+        return host
+
+    def _report(self, host: str, client: str | None) -> None:
+        key = host_name(host) or host
+        if key in self._reported:
+            logger.debug("rejected a request for host %r from %s", host, client)
+            return
+        if len(self._reported) >= self.MAX_REPORTED:
+            logger.debug("rejected a request for host %r from %s", host, client)
+            return
+        self._reported.add(key)
+        if not host:
+            logger.warning("rejected a request without a Host header from %s", client)
+            return
+        logger.warning(
+            "rejected a request for host %r from %s; add the name to "
+            "CODECOLLAB_ALLOWED_HOSTS if the editor is reached by it%s",
+            host,
+            client,
+            " (further rejected host names are logged at DEBUG)"
+            if len(self._reported) == self.MAX_REPORTED
+            else "",
+        )

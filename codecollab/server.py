@@ -18,7 +18,12 @@ from codecollab.config import Settings, load_settings
 from codecollab.documents import RoomManager, RoomSettings
 from codecollab.engineio_setup import configure_engineio
 from codecollab.log_setup import WSGI_LOGGER, configure_logging
-from codecollab.origins import AllowedHostsMiddleware, is_same_origin, origin_key
+from codecollab.origins import (
+    AllowedHostsMiddleware,
+    forwarded_value,
+    is_same_origin,
+    origin_key,
+)
 from codecollab.packet_check import reject_undecodable_packets
 from codecollab.scale_out import (
     ClusterUnavailable,
@@ -49,6 +54,7 @@ class EditorServer:
     rooms: RoomManager
     limits: Limits
     transport: EditorTransport
+    host_check: AllowedHostsMiddleware
     # Set when several processes share a message queue (CODECOLLAB_MESSAGE_QUEUE).
     cluster: ClusterNode | None = None
     _stopping: threading.Event = field(default_factory=threading.Event)
@@ -103,6 +109,12 @@ class EditorServer:
             handler_class=NoDelayHandler,
             log=None,
             error_log=logging.getLogger(WSGI_LOGGER),
+        )
+        # gevent-websocket completes a WebSocket handshake before the application runs. A hook
+        # that returns true makes it hand the request to the application instead, so a
+        # foreign host gets the host check's 400 rather than an open socket.
+        self.socketio.wsgi_server.pre_start_hook = lambda handler: (
+            not self.host_check.allows(handler.environ)
         )
         self.socketio.wsgi_server.serve_forever()
 
@@ -198,11 +210,12 @@ def create_server(settings: Settings) -> EditorServer:
     cluster = build_cluster(settings, socketio, rooms)
     transport = EditorTransport(socketio, rooms, limits, settings, cluster)
     # Outermost, so that Socket.IO requests are checked too: Flask-SocketIO's middleware
-    # answers them before Flask's routing.
-    app.wsgi_app = AllowedHostsMiddleware(  # type: ignore[method-assign]
-        app.wsgi_app, settings.allowed_hosts, forwarded=settings.proxy_count > 0
+    # handles them before Flask's routing.
+    host_check = AllowedHostsMiddleware(app.wsgi_app, settings.allowed_hosts, settings.proxy_count)
+    app.wsgi_app = host_check  # type: ignore[method-assign]
+    server = EditorServer(
+        settings, app, socketio, store, rooms, limits, transport, host_check, cluster
     )
-    server = EditorServer(settings, app, socketio, store, rooms, limits, transport, cluster)
     app.extensions["codecollab"] = server
 
     app.register_blueprint(pages)
@@ -224,8 +237,9 @@ def _origin_checker(settings: Settings) -> Any:
         host = environ.get("HTTP_HOST", "")
         if settings.proxy_count > 0:
             # Behind trusted proxies, the page's origin is the proxy's scheme and host.
-            scheme = environ.get("HTTP_X_FORWARDED_PROTO", scheme).split(",")[0].strip()
-            host = environ.get("HTTP_X_FORWARDED_HOST", host).split(",")[0].strip()
+            proxies = settings.proxy_count
+            scheme = forwarded_value(environ.get("HTTP_X_FORWARDED_PROTO", scheme), proxies)
+            host = forwarded_value(environ.get("HTTP_X_FORWARDED_HOST", host), proxies)
         same_origin = is_same_origin(origin, scheme, host)
         if not same_origin:
             logger.warning("rejected Socket.IO request from origin %s", origin)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -261,6 +262,23 @@ def test_foreign_host_rejected(
     except urllib.error.HTTPError as error:
         status = error.code
     assert status == expected
+
+
+@pytest.mark.parametrize(("host", "expected"), [("evil.example", b"400"), ("localhost", b"101")])
+def test_websocket_upgrade_host_checked(
+    shared_editor: ServerProcess, host: str, expected: bytes
+) -> None:
+    # gevent-websocket would complete the handshake before the application saw the request.
+    request = (
+        "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+        f"Host: {host}:{shared_editor.port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", shared_editor.port), timeout=10) as sock:
+        sock.sendall(request.encode())
+        status_line = sock.recv(4096).split(b"\r\n", 1)[0]
+    assert status_line.split()[1] == expected
 
 
 def connects_from(url: str, origin: str) -> bool:

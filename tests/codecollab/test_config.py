@@ -32,6 +32,7 @@ def test_async_mode_selectable(mode: str) -> None:
         ({"CODECOLLAB_CORS_ALLOWED_ORIGINS": "https://example.com/"}, "no path or trailing"),
         ({"CODECOLLAB_ALLOWED_HOSTS": "localhost:3000"}, "without scheme or port"),
         ({"CODECOLLAB_ALLOWED_HOSTS": "https://example.com"}, "without scheme or port"),
+        ({"CODECOLLAB_ALLOWED_HOSTS": "..example.com"}, "without scheme or port"),
         (
             {"CODECOLLAB_DOC_MAX_BYTES": "4096", "CODECOLLAB_MAX_MESSAGE_BYTES": "4096"},
             "must be larger than",
@@ -53,6 +54,7 @@ def test_invalid_setting_rejected(environ: dict[str, str], message: str) -> None
     [
         ({}, ("localhost", "127.0.0.1", "::1")),
         ({"CODECOLLAB_HOST": "0.0.0.0"}, ("*",)),
+        ({"CODECOLLAB_ALLOWED_HOSTS": "::1, [0:0::1]"}, ("::1", "::1")),
         (
             {"CODECOLLAB_ALLOWED_HOSTS": "Editor.Example.com., .example.org, [::1]"},
             ("editor.example.com", ".example.org", "::1"),
