@@ -50,7 +50,12 @@ def produce(url: str, first: int, count: int) -> None:
             producer.publish({"id": n}, exchange=EXCHANGE, routing_key="load", declare=[QUEUE])
 
 
-def consume(url: str, record: str, stop: multiprocessing.synchronize.Event) -> None:
+def consume(url: str, record: str, stop: str) -> None:
+    """Consume and record each id until the file ``stop`` exists.
+
+    A file rather than a multiprocessing Event: the test SIGKILLs a consumer, and one killed
+    while it checked the Event would hold the Event's lock for good.
+    """
     register()
     fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
@@ -62,7 +67,7 @@ def consume(url: str, record: str, stop: multiprocessing.synchronize.Event) -> N
         Connection(url, transport_options=OPTIONS) as conn,
         Consumer(conn, [QUEUE], callbacks=[on_message], prefetch_count=10),
     ):
-        while not stop.is_set():
+        while not os.path.exists(stop):
             with contextlib.suppress(TimeoutError):
                 conn.drain_events(timeout=0.2)
     os.close(fd)
@@ -99,9 +104,11 @@ def run_load(
     """Run the producers and consumers; return all ids, exit codes, ids of the killed one."""
     ctx = multiprocessing.get_context("spawn")
     url = f"sqlite:///{tmp_path / 'broker.sqlite3'}"
-    stop = ctx.Event()
+    stop = tmp_path / "stop"
     records = [tmp_path / f"consumer-{n}.ids" for n in range(CONSUMERS)]
-    consumers = [ctx.Process(target=consume, args=(url, str(record), stop)) for record in records]
+    consumers = [
+        ctx.Process(target=consume, args=(url, str(record), str(stop))) for record in records
+    ]
     share = MESSAGES // PRODUCERS
     producers = [
         ctx.Process(target=produce, args=(url, n * share, share)) for n in range(PRODUCERS)
@@ -122,7 +129,7 @@ def run_load(
                 break
             time.sleep(0.2)
     finally:
-        stop.set()
+        stop.touch()
         for process in producers + consumers:
             process.join(15)
             if process.is_alive():
