@@ -116,10 +116,10 @@ def host_allowed(name: str, allowed: Iterable[str]) -> bool:
 
 
 def forwarded_value(header: str, proxy_count: int) -> str:
-    """Return the entry of a comma-separated forwarding header set by the nearest trusted proxy.
+    """Return the entry that the first of ``proxy_count`` trusted proxies added to ``header``.
 
-    Each proxy appends its entry, so the one ``proxy_count`` places from the right was written
-    by a trusted proxy. Entries left of it may come from the client.
+    Each proxy appends an entry to a comma-separated forwarding header, so that one is
+    ``proxy_count`` places from the right. Entries left of it may come from the client.
     """
     entries = [entry.strip() for entry in header.split(",")]
     return entries[-proxy_count] if len(entries) >= proxy_count else entries[0]
@@ -133,8 +133,8 @@ class AllowedHostsMiddleware:
 
     :param app: the WSGI application to protect, Socket.IO included.
     :param allowed: host names, ``*`` or ``.domain`` entries, as :func:`host_allowed` reads them.
-    :param proxy_count: trusted reverse proxies; with one or more, the host is read from their
-        ``X-Forwarded-Host`` entry (:func:`forwarded_value`).
+    :param proxy_count: trusted reverse proxies; with one or more, the host is read from the
+        ``X-Forwarded-Host`` entry of the first of them (:func:`forwarded_value`).
     """
 
     # Host names whose rejection is logged at WARNING; later ones are logged at DEBUG.

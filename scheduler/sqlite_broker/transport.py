@@ -140,7 +140,7 @@ class Channel(virtual.Channel):
     def basic_publish(
         self, message: dict[str, Any], exchange: str, routing_key: str, **kwargs: Any
     ) -> None:
-        # kombu routes by the bindings it read a moment earlier; the exchange travels on to
+        # kombu routes by the bindings it read a moment earlier. So the exchange travels on to
         # _put, which stores the message only if the binding still exists, as AMQP does.
         if exchange:
             kwargs["bound_from"] = exchange
