@@ -137,9 +137,10 @@ def _ascii_domain(domain: str) -> str | None:
         return None
 
 
-# Code points that display as nothing or as a blank although their category is a letter,
-# mark or symbol: Unicode's Default_Ignorable_Code_Point ranges outside categories C and Z, the
-# Hangul fillers and the blank Braille pattern.
+# Code points that display as nothing or as a blank although they are letters, marks or
+# symbols: Unicode's Default_Ignorable_Code_Point ranges of letters and marks (the Hangul
+# fillers, variation selectors and the like), and the blank Braille pattern. The other
+# default-ignorable code points are format characters, rejected with category C.
 _INVISIBLE = (
     (0x034F, 0x034F),
     (0x115F, 0x1160),
@@ -149,7 +150,6 @@ _INVISIBLE = (
     (0x3164, 0x3164),
     (0xFE00, 0xFE0F),
     (0xFFA0, 0xFFA0),
-    (0x1D173, 0x1D17A),
     (0xE0100, 0xE01EF),
 )
 
@@ -165,7 +165,7 @@ def _printable(text: str) -> bool:
         if unicodedata.category(character)[0] in "CZ":
             return False
         code = ord(character)
-        if code > 0x33F and any(low <= code <= high for low, high in _INVISIBLE):
+        if any(low <= code <= high for low, high in _INVISIBLE):
             return False
     return True
 
