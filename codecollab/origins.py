@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -125,6 +125,19 @@ def forwarded_value(header: str, proxy_count: int) -> str:
     return entries[-proxy_count] if len(entries) >= proxy_count else entries[0]
 
 
+def request_host(environ: Mapping[str, Any], proxy_count: int) -> str:
+    """Return the host a request was sent to, as a Host header value.
+
+    That is the Host header, or behind ``proxy_count`` trusted proxies the ``X-Forwarded-Host``
+    entry that the first of them added.
+    """
+    host = environ.get("HTTP_HOST", "")
+    forwarded = environ.get("HTTP_X_FORWARDED_HOST")
+    if proxy_count > 0 and forwarded:
+        host = forwarded_value(forwarded, proxy_count)
+    return host
+
+
 class AllowedHostsMiddleware:
     """WSGI middleware that rejects requests for a host not in ``allowed`` with status 400.
 
@@ -151,13 +164,13 @@ class AllowedHostsMiddleware:
         """Return whether the request of ``environ`` names an allowed host."""
         if self._any:
             return True
-        name = host_name(self._host(environ))
+        name = host_name(request_host(environ, self.proxy_count))
         return name is not None and host_allowed(name, self.allowed)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         if self.allows(environ):
             return self.app(environ, start_response)
-        self._report(self._host(environ), environ.get("REMOTE_ADDR"))
+        self._report(request_host(environ, self.proxy_count), environ.get("REMOTE_ADDR"))
         body = (
             b'{"error":"This server does not answer to that host name; '
             b'its operator can allow it with CODECOLLAB_ALLOWED_HOSTS"}'
@@ -167,13 +180,6 @@ class AllowedHostsMiddleware:
             [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
         )
         return [body]
-
-    def _host(self, environ: dict[str, Any]) -> str:
-        host = environ.get("HTTP_HOST", "")
-        forwarded = environ.get("HTTP_X_FORWARDED_HOST")
-        if self.proxy_count > 0 and forwarded:
-            host = forwarded_value(forwarded, self.proxy_count)
-        return host
 
     def _report(self, host: str, client: str | None) -> None:
         key = host_name(host) or host

@@ -23,6 +23,7 @@ from codecollab.origins import (
     forwarded_value,
     is_same_origin,
     origin_key,
+    request_host,
 )
 from codecollab.packet_check import reject_undecodable_packets
 from codecollab.scale_out import (
@@ -234,12 +235,12 @@ def _origin_checker(settings: Settings) -> Any:
         if origin_key(origin) in allowed:
             return True
         scheme = environ.get("wsgi.url_scheme", "http")
-        host = environ.get("HTTP_HOST", "")
         if settings.proxy_count > 0:
             # Behind trusted proxies, the page's origin is the proxy's scheme and host.
-            proxies = settings.proxy_count
-            scheme = forwarded_value(environ.get("HTTP_X_FORWARDED_PROTO", scheme), proxies)
-            host = forwarded_value(environ.get("HTTP_X_FORWARDED_HOST", host), proxies)
+            scheme = forwarded_value(
+                environ.get("HTTP_X_FORWARDED_PROTO", scheme), settings.proxy_count
+            )
+        host = request_host(environ, settings.proxy_count)
         same_origin = is_same_origin(origin, scheme, host)
         if not same_origin:
             logger.warning("rejected Socket.IO request from origin %s", origin)

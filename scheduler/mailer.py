@@ -89,28 +89,7 @@ MESSAGE_POLICY = _MessagePolicy(header_factory=_CachedHeaderRegistry())
 
 def address_error(address: object) -> str | None:
     """Return why ``address`` is not a usable e-mail address, or ``None`` when it is."""
-    if not isinstance(address, str):
-        return f"recipient {address!r} is not a string"
-    if len(address) > MAX_ADDRESS_LENGTH:
-        return f"address is longer than {MAX_ADDRESS_LENGTH} characters"
-    invalid = f"invalid e-mail address {address!r}; expected a form like name@example.com"
-    if not _printable(address):
-        return f"{invalid} (it contains a space, line break or invisible character)"
-    if "=?" in address:
-        # The email package decodes RFC 2047 encoded words in address headers, which would
-        # bring back any character the checks here reject.
-        return f"{invalid} (it contains an encoded word, =?...?=)"
-    local, at, domain = address.rpartition("@")
-    if not at or not _LOCAL_PART.fullmatch(local):
-        return invalid
-    if len(local.encode()) > MAX_LOCAL_PART_BYTES:
-        return f"the part before @ of {address!r} is longer than {MAX_LOCAL_PART_BYTES} bytes"
-    ascii_domain = _ascii_domain(domain)
-    if ascii_domain is None or not _ASCII_DOMAIN.fullmatch(ascii_domain):
-        return invalid
-    if len(local.encode()) + 1 + len(ascii_domain) > MAX_ADDRESS_LENGTH:
-        return f"address {address!r} is longer than {MAX_ADDRESS_LENGTH} bytes in IDNA form"
-    return None
+    return _check_address(address)[0]
 
 
 def normalize_address(address: str) -> str:
@@ -119,8 +98,41 @@ def normalize_address(address: str) -> str:
     ``jörg@bücher.example`` becomes ``jörg@xn--bcher-kva.example``: the domain is then ASCII
     everywhere, and only a non-ASCII part before the @ needs the SMTPUTF8 extension.
     """
-    local, _, domain = address.rpartition("@")
-    return f"{local}@{_ascii_domain(domain) or domain}"
+    normalized = _check_address(address)[1]
+    return normalized if normalized is not None else address
+
+
+def _check_address(address: object) -> tuple[str | None, str | None]:
+    """Return ``(why address is invalid, None)`` or ``(None, address with an IDNA domain)``."""
+    if not isinstance(address, str):
+        return f"recipient {address!r} is not a string", None
+    if len(address) > MAX_ADDRESS_LENGTH:
+        return f"address is longer than {MAX_ADDRESS_LENGTH} characters", None
+    invalid = f"invalid e-mail address {address!r}; expected a form like name@example.com"
+    if not _printable(address):
+        return f"{invalid} (it contains a space, line break or invisible character)", None
+    if "=?" in address:
+        # The email package decodes RFC 2047 encoded words in address headers, which would
+        # bring back any character the checks here reject.
+        return f"{invalid} (it contains an encoded word, =?...?=)", None
+    local, at, domain = address.rpartition("@")
+    if not at or not _LOCAL_PART.fullmatch(local):
+        return invalid, None
+    local_bytes = len(local.encode())
+    if local_bytes > MAX_LOCAL_PART_BYTES:
+        return (
+            f"the part before @ of {address!r} is longer than {MAX_LOCAL_PART_BYTES} bytes",
+            None,
+        )
+    ascii_domain = _ascii_domain(domain)
+    if ascii_domain is None or not _ASCII_DOMAIN.fullmatch(ascii_domain):
+        return invalid, None
+    if local_bytes + 1 + len(ascii_domain) > MAX_ADDRESS_LENGTH:
+        return (
+            f"address {address!r} is longer than {MAX_ADDRESS_LENGTH} bytes in IDNA form",
+            None,
+        )
+    return None, f"{local}@{ascii_domain}"
 
 
 def needs_smtputf8(address: str) -> bool:
@@ -220,8 +232,9 @@ def build_message(sender: str, recipient: str, subject: str, body: str) -> Email
     Other forms, such as ``Name <address>``, are passed to the email package as they are.
     """
     policy = MESSAGE_POLICY
-    if address_error(recipient) is None:
-        recipient = normalize_address(recipient)
+    normalized = _check_address(recipient)[1]
+    if normalized is not None:
+        recipient = normalized
         if needs_smtputf8(recipient):
             policy = MESSAGE_POLICY.clone(utf8=True)
     message = EmailMessage(policy=policy)
